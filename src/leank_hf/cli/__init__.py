@@ -1,0 +1,1 @@
+"""The `leank-hf` command line."""

@@ -1,0 +1,1 @@
+"""Compute kernels. This package imports torch and triton only, never transformers."""

@@ -1,0 +1,142 @@
+"""Storage layout of one layer's LeanK cache, shared by the cache (writer) and the attention paths (readers).
+
+Middle-region keys of one layer live in one flat buffer per batch row, `mid_keys [B, mid_cap * C]`, where
+`C = sum(widths)`. KV heads are stored in *storage order* (kept width descending, ties by head id), each head as a
+contiguous `[mid_cap, width]` block starting at element `mid_cap * offsets[h]`:
+
+    element (b, h, t, c) of the compact keys  ->  mid_keys[b, mid_cap * offsets[h] + t * widths[h] + c]
+
+so a run of equal-width heads is one `[n, mid_cap, width]` view, and a kernel reads each head contiguously.
+Middle values `mid_values [B, num_value_heads, mid_cap, head_dim]` hold only heads with a kept channel, in storage
+order (`value_slots[h]`, -1 for zero-width heads).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+
+
+class WidthGroup(NamedTuple):
+    """A run of heads with the same kept width, consecutive in storage order."""
+
+    first: int  # storage position of the first head of the run
+    count: int  # number of heads
+    width: int  # kept channels of each head
+    offset: int  # compact channel offset of the first head (= offsets of that head)
+
+
+@dataclass(frozen=True)
+class HeadLayout:
+    """Per-head kept channels of one layer and where they live in the compact buffers.
+
+    All tensors are indexed by natural KV head id unless said otherwise.
+    """
+
+    head_dim: int
+    widths: torch.Tensor  # [H] int32: kept channels per head
+    channels: torch.Tensor  # [H, head_dim] int32: kept channel ids ascending, padded with 0 past widths[h]
+    offsets: torch.Tensor  # [H] int64: compact channel offset of each head (prefix sum in storage order)
+    value_slots: torch.Tensor  # [H] int32: head's index in mid_values, -1 if it keeps no channel
+    storage_order: torch.Tensor  # [H] int64: natural head id at each storage position
+    gather_index: torch.Tensor  # [C] int64: h * head_dim + channel for each compact channel, storage order
+    groups: tuple[WidthGroup, ...]  # runs of equal width (zero-width run excluded)
+    total_width: int  # C
+    num_value_heads: int  # heads with width > 0
+
+    @property
+    def num_kv_heads(self) -> int:
+        return self.widths.shape[0]
+
+    @classmethod
+    def from_mask(cls, layer_mask: torch.Tensor) -> HeadLayout:
+        """Build the layout from one layer's boolean mask `[num_kv_heads, head_dim]` (True = keep)."""
+        layer_mask = layer_mask.to(device="cpu", dtype=torch.bool)
+        num_heads, head_dim = layer_mask.shape
+        widths = layer_mask.sum(-1)
+        # Stable sort, width descending: zero-width heads end up last.
+        storage_order = sorted(range(num_heads), key=lambda h: (-int(widths[h]), h))
+        offsets = torch.zeros(num_heads, dtype=torch.int64)
+        value_slots = torch.full((num_heads,), -1, dtype=torch.int32)
+        channels = torch.zeros(num_heads, head_dim, dtype=torch.int32)
+        gather, groups, offset = [], [], 0
+        for position, head in enumerate(storage_order):
+            width = int(widths[head])
+            kept = layer_mask[head].nonzero().flatten()
+            channels[head, :width] = kept.to(torch.int32)
+            offsets[head] = offset
+            if width:
+                value_slots[head] = position
+                gather.append(head * head_dim + kept)
+                if groups and groups[-1].width == width:
+                    groups[-1] = groups[-1]._replace(count=groups[-1].count + 1)
+                else:
+                    groups.append(WidthGroup(first=position, count=1, width=width, offset=offset))
+            offset += width
+        return cls(
+            head_dim=head_dim,
+            widths=widths.to(torch.int32),
+            channels=channels,
+            offsets=offsets,
+            value_slots=value_slots,
+            storage_order=torch.tensor(storage_order, dtype=torch.int64),
+            gather_index=torch.cat(gather) if gather else torch.zeros(0, dtype=torch.int64),
+            groups=tuple(groups),
+            total_width=offset,
+            num_value_heads=int((widths > 0).sum()),
+        )
+
+    def to(self, device: torch.device | str) -> HeadLayout:
+        """A copy with every tensor on `device`."""
+        moved = {
+            name: getattr(self, name).to(device)
+            for name in ("widths", "channels", "offsets", "value_slots", "storage_order", "gather_index")
+        }
+        return HeadLayout(
+            head_dim=self.head_dim,
+            groups=self.groups,
+            total_width=self.total_width,
+            num_value_heads=self.num_value_heads,
+            **moved,
+        )
+
+
+@dataclass
+class CompactKV:
+    """Everything an attention path needs to attend one layer's LeanK cache. Returned by the cache's `update`.
+
+    Global slots count cache positions, pads included. For batch row `b` with `pad[b]` left-pad slots, and query row
+    `i` at global slot `q_i = query_start + i` whose full recent window starts at global slot `boundaries[i]`:
+
+    - full slot `s < sink_size` (sink of row b, global slot `pad[b] + s`) is valid iff `pad[b] + s < boundaries[i]`;
+    - full slot `sink_size + r` (global slot `g = recent_start + r`, `r < num_recent`) is valid iff
+      `boundaries[i] <= g <= q_i` and `g >= pad[b]`;
+    - middle index `t < num_mid` (global slot `sink_size + t`) is valid iff `t >= pad[b]` and
+      `sink_size + t < boundaries[i]`, and uses only the kept channels; heads of width 0 have no middle keys.
+
+    For a decode step (one query row) `boundaries == (recent_start,)`.
+    """
+
+    layout: HeadLayout
+    full_keys: torch.Tensor  # [B, H, cap_full, D]
+    full_values: torch.Tensor  # [B, H, cap_full, D]
+    sink_size: int
+    num_recent: int
+    recent_start: int
+    mid_keys: torch.Tensor  # [B, mid_cap * C]
+    mid_values: torch.Tensor  # [B, num_value_heads, mid_cap, D]
+    mid_cap: int
+    num_mid: int
+    pad: torch.Tensor  # [B] int64
+    query_start: int
+    boundaries: tuple[int, ...]
+
+    def mid_key_group(self, group: WidthGroup) -> torch.Tensor:
+        """The `[B, count, num_mid, width]` view of one width group's middle keys (no copy)."""
+        batch = self.mid_keys.shape[0]
+        start = self.mid_cap * group.offset
+        stop = start + self.mid_cap * group.count * group.width
+        block = self.mid_keys[:, start:stop].view(batch, group.count, self.mid_cap, group.width)
+        return block[:, :, : self.num_mid]
