@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+import os
+from collections import Counter
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .constants import MASK_FORMAT_VERSION
 from .errors import MaskError
+
+if TYPE_CHECKING:
+    from huggingface_hub import CommitInfo
+    from matplotlib.axes import Axes
 
 
 @dataclass
@@ -34,7 +40,19 @@ class LeanKMasks:
         target_ratio (`float`, *optional*):
             Fraction of K channels the training aimed to prune.
         training_info (`dict`, *optional*):
-            Free-form provenance (steps, data, seed, source of an imported mask, ...).
+            Free-form, JSON-serialisable provenance (steps, data, seed, source of an imported mask, ...).
+        format_version (`int`, *optional*):
+            Version of the saved format the mask was read from; files newer than this library are refused.
+
+    Example:
+
+    ```python
+    >>> from leank_hf import LeanKMasks
+    >>> masks = LeanKMasks.from_pretrained("meta-llama/Llama-3.1-8B-Instruct")  # bundled copy, no network
+    >>> round(masks.pruned_ratio, 4), int(masks.zero_heads().sum())
+    (0.6875, 47)
+    >>> print(masks.summary())  # doctest: +SKIP
+    ```
     """
 
     mask: torch.Tensor
@@ -70,8 +88,19 @@ class LeanKMasks:
                 f"align={self.align} ({len(bad)} head(s) misaligned); re-threshold the mask with this align or "
                 "declare the align it was built with"
             )
-        if self.target_ratio is not None and not 0.0 <= float(self.target_ratio) <= 1.0:
-            raise MaskError(f"`target_ratio` must be in [0, 1], got {self.target_ratio}")
+        for name in ("base_model", "base_model_revision"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise MaskError(f"`{name}` must be a string or None, got {value!r}")
+        if not isinstance(self.training_info, dict):
+            raise MaskError(f"`training_info` must be a dict, got {type(self.training_info).__name__}")
+        ratio = self.target_ratio
+        if ratio is not None and (
+            isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 <= ratio <= 1
+        ):
+            raise MaskError(f"`target_ratio` must be a number in [0, 1] or None, got {ratio!r}")
+        if not isinstance(self.format_version, int) or isinstance(self.format_version, bool):
+            raise MaskError(f"`format_version` must be an int, got {self.format_version!r}")
         if self.format_version > MASK_FORMAT_VERSION:
             raise MaskError(
                 f"mask format version {self.format_version} is newer than this leank_hf supports "
@@ -110,6 +139,107 @@ class LeanKMasks:
         """Boolean `[num_layers, num_kv_heads]`: heads with no kept channel (their middle K and V are not stored)."""
         return self.kept_counts() == 0
 
+    def kept_fraction_per_layer(self) -> torch.Tensor:
+        """Fraction of K channels kept in each layer, `[num_layers]` float32."""
+        return self.mask.float().mean(dim=(1, 2))
+
+    def kept_fraction_per_head(self) -> torch.Tensor:
+        """Fraction of K channels kept by each KV head, `[num_layers, num_kv_heads]` float32."""
+        return self.mask.float().mean(dim=2)
+
+    def width_histogram(self) -> dict[int, int]:
+        """Number of KV heads for each kept-channel count, e.g. `{0: 47, 32: 120, 64: 67, 96: 22}`."""
+        return dict(sorted(Counter(self.kept_counts().flatten().tolist()).items()))
+
+    def kv_bytes_per_token(self, dtype: torch.dtype = torch.bfloat16) -> int:
+        """Bytes of K and V cache one middle-region token takes over all layers with this mask.
+
+        Middle-region tokens (past the sink, out of the recent window) store only the kept K channels, and no V at
+        all for heads that keep no channel. Sink and recent tokens keep every channel (see `dense_kv_bytes_per_token`).
+
+        Args:
+            dtype (`torch.dtype`, *optional*, defaults to `torch.bfloat16`):
+                Dtype of the cache.
+        """
+        itemsize = _itemsize(dtype)
+        kept_v_heads = int((~self.zero_heads()).sum())
+        return itemsize * (int(self.mask.sum()) + kept_v_heads * self.head_dim)
+
+    def dense_kv_bytes_per_token(self, dtype: torch.dtype = torch.bfloat16) -> int:
+        """Bytes of K and V cache one token takes over all layers without pruning: `2 * L * H * D * itemsize`."""
+        return 2 * self.mask.numel() * _itemsize(dtype)
+
+    def kv_bytes_saved_per_token(self, dtype: torch.dtype = torch.bfloat16) -> int:
+        """Bytes of K and V cache this mask saves per middle-region token, against the dense cache."""
+        return self.dense_kv_bytes_per_token(dtype) - self.kv_bytes_per_token(dtype)
+
+    def summary(self, dtype: torch.dtype = torch.bfloat16) -> str:
+        """A plain-text table of the mask's metadata and statistics, overall and per layer.
+
+        Args:
+            dtype (`torch.dtype`, *optional*, defaults to `torch.bfloat16`):
+                Cache dtype used for the bytes-per-token line.
+        """
+        rows = self._statistics_rows(dtype)
+        width = max(len(label) for label, _ in rows)
+        lines = [f"{label:<{width}}  {value}" for label, value in rows]
+        counts = self.kept_counts()
+        zero = self.zero_heads().sum(-1)
+        lines += ["", f"{'layer':>5}  {'kept':>6}  {'zero heads':>10}  kept channels per KV head"]
+        for layer, fraction in enumerate(self.kept_fraction_per_layer().tolist()):
+            heads = " ".join(f"{count:>3}" for count in counts[layer].tolist())
+            lines.append(f"{layer:>5}  {fraction:>6.1%}  {int(zero[layer]):>10}  {heads}")
+        return "\n".join(lines)
+
+    def _statistics_rows(self, dtype: torch.dtype = torch.bfloat16) -> list[tuple[str, str]]:
+        """(label, value) rows shared by `summary` and the model card."""
+        num_heads = self.num_layers * self.num_kv_heads
+        num_zero = int(self.zero_heads().sum())
+        target = "-" if self.target_ratio is None else f"{self.target_ratio:.2%}"
+        dense = self.dense_kv_bytes_per_token(dtype)
+        pruned = self.kv_bytes_per_token(dtype)
+        histogram = ", ".join(f"{width}: {count}" for width, count in self.width_histogram().items())
+        return [
+            ("base model", f"{self.base_model or '-'} (revision {self.base_model_revision or '-'})"),
+            ("shape", f"{self.num_layers} layers x {self.num_kv_heads} KV heads x {self.head_dim} channels"),
+            ("windows", f"sink {self.sink_size}, recent {self.recent_size}, flush {self.flush_size}"),
+            ("align", str(self.align)),
+            ("K channels pruned", f"{self.pruned_ratio:.2%} (target {target})"),
+            ("KV heads with no kept channel", f"{num_zero} / {num_heads} ({num_zero / num_heads:.2%})"),
+            ("KV heads per kept-channel count", histogram),
+            (
+                f"middle-region KV bytes per token ({str(dtype).removeprefix('torch.')})",
+                f"{dense:,} dense -> {pruned:,} ({(dense - pruned) / dense:.2%} saved)",
+            ),
+        ]
+
+    def plot(self, ax: Axes | None = None) -> Axes:
+        """Heatmap of kept channels per layer (rows) and KV head (columns), for notebooks. Needs matplotlib.
+
+        Args:
+            ax (`matplotlib.axes.Axes`, *optional*):
+                Axes to draw on; a new figure is made if omitted.
+
+        Returns:
+            `matplotlib.axes.Axes`: the axes drawn on.
+        """
+        try:
+            import matplotlib.pyplot as plt
+        except ImportError as error:
+            raise ImportError(
+                "LeanKMasks.plot needs matplotlib: `pip install 'leank_hf[plot]'` (or `pip install matplotlib`)"
+            ) from error
+        if ax is None:
+            _, ax = plt.subplots(figsize=(max(4.0, 0.4 * self.num_kv_heads + 2.0), max(3.0, 0.2 * self.num_layers)))
+        image = ax.imshow(
+            self.kept_counts().numpy(), aspect="auto", cmap="viridis", vmin=0, vmax=self.head_dim, origin="upper"
+        )
+        ax.figure.colorbar(image, ax=ax, label="kept K channels")
+        ax.set_xlabel("KV head")
+        ax.set_ylabel("layer")
+        ax.set_title(f"{self.base_model or 'LeanK mask'}: {self.pruned_ratio:.1%} of K channels pruned")
+        return ax
+
     # ---------------------------------------------------------- compatibility
     def check_compatible(self, config: Any) -> None:
         """Raise `MaskError` if this mask does not fit a transformers config (its text config is used).
@@ -137,6 +267,165 @@ class LeanKMasks:
                     "channels there; set that layer's mask to all ones"
                 )
 
+    # ------------------------------------------------------------------ I/O
+    @classmethod
+    def from_pretrained(
+        cls,
+        path_or_repo_id: str | os.PathLike,
+        *,
+        subfolder: str | None = None,
+        revision: str | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        token: str | bool | None = None,
+        local_files_only: bool = False,
+    ) -> LeanKMasks:
+        """Load masks from a local folder, a bundled mask, or a Hugging Face Hub repo (see `leank_hf.hub`).
+
+        Resolution order: a local folder (joined with `subfolder`); then, with neither `subfolder` nor `revision`, a
+        mask shipped with leank_hf whose base model id or name matches (`leank_hf.bundled.available()`), with no
+        network; then the Hub repo, through the Hugging Face cache (`HF_HUB_OFFLINE=1` and `local_files_only` are
+        honoured).
+
+        Args:
+            path_or_repo_id (`str` or `os.PathLike`):
+                Folder with `leank_config.json` and `leank_masks.safetensors`, a bundled mask's base model id or name,
+                or a Hub repo id.
+            subfolder (`str`, *optional*):
+                Folder inside the repo or directory, e.g. masks stored next to a model's weights.
+            revision (`str`, *optional*):
+                Branch, tag or commit of the Hub repo.
+            cache_dir (`str` or `os.PathLike`, *optional*):
+                Hugging Face cache folder to use instead of the default one.
+            token (`str` or `bool`, *optional*):
+                Hub token for private or gated repos.
+            local_files_only (`bool`, *optional*, defaults to `False`):
+                Only look in the local cache, never on the network.
+        """
+        from .hub import load_masks
+
+        return load_masks(
+            path_or_repo_id,
+            subfolder=subfolder,
+            revision=revision,
+            cache_dir=cache_dir,
+            token=token,
+            local_files_only=local_files_only,
+        )
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> None:
+        """Write `leank_config.json`, `leank_masks.safetensors` and a `README.md` model card into a folder.
+
+        An existing `README.md` (e.g. of a model saved in the same folder) keeps its text: the mask's section and
+        front-matter fields are added or refreshed, so saving twice gives the same files.
+
+        Args:
+            save_directory (`str` or `os.PathLike`):
+                Folder to write to; created if missing.
+        """
+        from .hub import save_masks
+
+        save_masks(self, save_directory)
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        private: bool | None = None,
+        commit_message: str | None = None,
+        revision: str | None = None,
+        token: str | bool | None = None,
+        subfolder: str | None = None,
+    ) -> CommitInfo:
+        """Upload the saved files of these masks to a Hub repo in one commit (the repo is created if needed).
+
+        Args:
+            repo_id (`str`):
+                Target repo, `"user/name"`.
+            private (`bool`, *optional*):
+                Visibility of a repo that has to be created; an existing repo keeps its own.
+            commit_message (`str`, *optional*):
+                Message of the commit.
+            revision (`str`, *optional*):
+                Branch to push to; created from the default branch if missing.
+            token (`str` or `bool`, *optional*):
+                Hub token with write access; defaults to the logged-in one.
+            subfolder (`str`, *optional*):
+                Folder inside the repo, e.g. `"leank"` to put masks next to a model's own files.
+
+        Returns:
+            `huggingface_hub.CommitInfo`: the commit that was made.
+        """
+        from .hub import push_masks_to_hub
+
+        return push_masks_to_hub(
+            self,
+            repo_id,
+            private=private,
+            commit_message=commit_message,
+            revision=revision,
+            token=token,
+            subfolder=subfolder,
+        )
+
+    @classmethod
+    def from_minference(
+        cls,
+        path: str | os.PathLike,
+        *,
+        base_model: str,
+        base_model_revision: str | None = None,
+        sink_size: int = 128,
+        recent_size: int = 768,
+        flush_size: int = 128,
+        align: int | None = None,
+        target_ratio: float | None = None,
+        training_info: dict[str, Any] | None = None,
+    ) -> LeanKMasks:
+        """Import a mask released with MInference's LeanK (`.pth`, float 0/1 `[L, H, D]`); see `leank_hf.minference`.
+
+        Args:
+            path (`str` or `os.PathLike`):
+                The `.pth` file; read with `torch.load(weights_only=True)`.
+            base_model (`str`):
+                Hub id of the model the mask was trained for.
+            base_model_revision (`str`, *optional*):
+                Revision of that model.
+            sink_size (`int`, *optional*, defaults to 128):
+                Sink tokens of the release's decoder.
+            recent_size (`int`, *optional*, defaults to 768):
+                Recent-window tokens of the release's decoder.
+            flush_size (`int`, *optional*, defaults to 128):
+                Flush chunk of the release's decoder.
+            align (`int`, *optional*):
+                Kept-count granularity; inferred from the mask when omitted (largest power of two up to 32 that
+                divides every head's kept count and head_dim).
+            target_ratio (`float`, *optional*):
+                Pruning ratio the mask was trained for, if known.
+            training_info (`dict`, *optional*):
+                Extra provenance merged over the recorded source file name and sha256.
+        """
+        from .minference import load_minference_mask
+
+        return load_minference_mask(
+            path,
+            base_model=base_model,
+            base_model_revision=base_model_revision,
+            sink_size=sink_size,
+            recent_size=recent_size,
+            flush_size=flush_size,
+            align=align,
+            target_ratio=target_ratio,
+            training_info=training_info,
+        )
+
+    # ------------------------------------------------------------- equality
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, LeanKMasks):
+            return NotImplemented
+        return torch.equal(self.mask, other.mask) and all(
+            getattr(self, item.name) == getattr(other, item.name) for item in fields(self) if item.name != "mask"
+        )
+
 
 def _as_bool_mask(mask: Any) -> torch.Tensor:
     if not isinstance(mask, torch.Tensor):
@@ -150,6 +439,12 @@ def _as_bool_mask(mask: Any) -> torch.Tensor:
     if not bool(((mask == 0) | (mask == 1)).all()):
         raise MaskError("mask values must all be 0 or 1 (1 = keep the channel)")
     return (mask != 0).detach().to("cpu").contiguous()
+
+
+def _itemsize(dtype: torch.dtype) -> int:
+    if not isinstance(dtype, torch.dtype):
+        raise TypeError(f"`dtype` must be a torch.dtype such as torch.bfloat16, got {dtype!r}")
+    return dtype.itemsize
 
 
 _INT_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)

