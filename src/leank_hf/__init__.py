@@ -1,5 +1,6 @@
 """leank_hf: LeanK K-cache channel pruning for Hugging Face transformers."""
 
+from . import bundled
 from .errors import LeanKError, LeanKUsageError, MaskError
 from .masks import LeanKMasks
 
@@ -11,4 +12,5 @@ __all__ = [
     "LeanKUsageError",
     "MaskError",
     "__version__",
+    "bundled",
 ]
