@@ -110,7 +110,8 @@ class CompactKV:
     Global slots count cache positions, pads included. For batch row `b` with `pad[b]` left-pad slots, and query row
     `i` at global slot `q_i = query_start + i` whose full recent window starts at global slot `boundaries[i]`:
 
-    - full slot `s < sink_size` (sink of row b, global slot `pad[b] + s`) is valid iff `pad[b] + s < boundaries[i]`;
+    - full slot `s < sink_size` (sink of row b, global slot `pad[b] + s`) is valid iff `pad[b] + s < boundaries[i]`
+      and `pad[b] + s <= q_i` (the second bound matters while the sequence is shorter than the sink);
     - full slot `sink_size + r` (global slot `g = recent_start + r`, `r < num_recent`) is valid iff
       `boundaries[i] <= g <= q_i` and `g >= pad[b]`;
     - middle index `t < num_mid` (global slot `sink_size + t`) is valid iff `t >= pad[b]` and
