@@ -28,3 +28,18 @@ def seed() -> int:
     """Seed torch's generator before every test so random inputs are reproducible; returns the seed."""
     torch.manual_seed(0)
     return 0
+
+
+@pytest.fixture
+def hub():
+    """Serve every request of huggingface_hub's real HTTP client from a fresh in-process `FakeHub` (no network)."""
+    import httpx2
+    from huggingface_hub import set_client_factory
+    from huggingface_hub.utils._http import default_client_factory
+
+    from fake_hub import FakeHub
+
+    fake = FakeHub()
+    set_client_factory(lambda: httpx2.Client(transport=httpx2.MockTransport(fake)))
+    yield fake
+    set_client_factory(default_client_factory)

@@ -3,7 +3,8 @@
 A saved mask is a folder (or a repo, or a `subfolder` of a model's repo) with three files:
 
 - `leank_config.json`: metadata, sorted keys, indent 2 (never `config.json`, which belongs to the model);
-- `leank_masks.safetensors`: one bool tensor `mask [num_layers, num_kv_heads, head_dim]`, provenance in its metadata;
+- `leank_masks.safetensors`: one bool tensor `mask [num_layers, num_kv_heads, head_dim]`; its metadata repeats the
+  config (key `leank_config`) as provenance;
 - `README.md`: a model card whose front matter links `base_model` and `library_name: leank_hf`.
 """
 
@@ -36,6 +37,7 @@ from .errors import MaskError
 from .masks import LeanKMasks
 
 MASK_TENSOR_NAME = "mask"
+SAFETENSORS_METADATA_KEY = "leank_config"
 CARD_TAGS = ("kv-cache", "leank")
 # Config keys derived from the mask or the library; written for readers, checked on load, never passed to the class.
 _DERIVED_KEYS = ("achieved_ratio", "head_dim", "leank_version", "num_kv_heads", "num_layers")
@@ -67,7 +69,7 @@ def save_masks(
     except (TypeError, ValueError) as error:
         raise MaskError(f"`training_info` must be JSON-serialisable to be saved: {error}") from error
     (directory / CONFIG_NAME).write_text(config_text, encoding="utf-8")
-    save_file({MASK_TENSOR_NAME: masks.mask}, str(directory / MASKS_NAME), metadata=_safetensors_metadata(config))
+    save_file({MASK_TENSOR_NAME: masks.mask}, str(directory / MASKS_NAME), metadata=_safetensors_metadata(config_text))
     card_path = directory / MODEL_CARD_NAME
     existing = card_path.read_text(encoding="utf-8") if card_path.is_file() else None
     card_path.write_text(
@@ -92,10 +94,10 @@ def masks_config(masks: LeanKMasks) -> dict[str, Any]:
     return config
 
 
-def _safetensors_metadata(config: dict[str, Any]) -> dict[str, str]:
-    """The config's scalar entries as strings (safetensors metadata is str -> str), so the file names its origin."""
-    scalars = {key: str(value) for key, value in config.items() if key != "training_info" and value is not None}
-    return {"format": "pt", **scalars}
+def _safetensors_metadata(config_text: str) -> dict[str, str]:
+    """The whole config under one key, so the tensor file names its origin even alone (and stays byte-stable:
+    safetensors writes several metadata keys in no fixed order)."""
+    return {SAFETENSORS_METADATA_KEY: json.dumps(json.loads(config_text), sort_keys=True)}
 
 
 # --------------------------------------------------------------------------------------------------- model card
