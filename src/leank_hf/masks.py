@@ -128,7 +128,7 @@ class LeanKMasks:
     @property
     def kept_fraction(self) -> float:
         """Fraction of K channels kept over all layers and heads."""
-        return self.mask.float().mean().item()
+        return self.mask.sum().item() / self.mask.numel()
 
     @property
     def pruned_ratio(self) -> float:
