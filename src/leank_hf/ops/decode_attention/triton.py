@@ -1,0 +1,461 @@
+"""Triton decode attention over a LeanK cache: one launch reads exactly the stored bytes, a second merges splits.
+
+The main launch has one program per `(split, batch row, KV head)`, KV heads ordered as stored (widest first, so the
+longest programs start first). Split 0 attends the full region (sinks + recent window, all channels); splits `1..S`
+each attend one chunk of the compact middle region, reading the head's contiguous `[T, width]` key block and its
+`[T, head_dim]` value block. All query heads of a GQA group form one tile, so every key byte is read once. Each
+program writes a normalised partial output and its log-sum-exp (base 2) in fp32; the merge launch combines them.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+import triton
+import triton.language as tl
+from triton import knobs
+
+from ...errors import LeanKUsageError
+from .layout import CompactKV
+
+# Kernels are built as interpreted functions when TRITON_INTERPRET=1 at import. The interpreter computes bf16
+# wrongly, so loads are cast to fp32 right away in that mode.
+_INTERPRETED = bool(knobs.runtime.interpret)
+_SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _online_softmax_step(scores, valid, v, m_i, l_i, acc, UPCAST: tl.constexpr, IEEE: tl.constexpr):
+    # scores [BLOCK_G, BLOCK_N] fp32 (log2 domain), valid [BLOCK_N], v [BLOCK_N, BLOCK_D]
+    scores = tl.where(valid[None, :], scores, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(scores, 1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.exp2(m_i - m_safe)
+    p = tl.exp2(scores - m_safe[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    if UPCAST:
+        pv = tl.dot(p, v)
+    elif IEEE:
+        pv = tl.dot(p, v, input_precision="ieee")
+    else:
+        pv = tl.dot(p.to(v.dtype), v)
+    acc = acc * alpha[:, None] + pv
+    return m_new, l_i, acc
+
+
+@triton.jit
+def _dot_qk(q, k, UPCAST: tl.constexpr, IEEE: tl.constexpr):
+    # q [BLOCK_G, P], k [BLOCK_N, P] -> [BLOCK_G, BLOCK_N] fp32
+    if UPCAST:
+        return tl.dot(q, tl.trans(k))
+    elif IEEE:
+        return tl.dot(q, tl.trans(k), input_precision="ieee")
+    else:
+        return tl.dot(q, tl.trans(k))
+
+
+@triton.jit
+def _load_query_part(p_q, p_channels, m_g, OFF: tl.constexpr, P: tl.constexpr, UPCAST: tl.constexpr):
+    # The query's kept channels OFF .. OFF + P of this head, gathered: [BLOCK_G, P]
+    channels = tl.load(p_channels + OFF + tl.arange(0, P))
+    q = tl.load(p_q[:, None] + channels[None, :], mask=m_g[:, None], other=0.0)
+    if UPCAST:
+        q = q.to(tl.float32)
+    return q
+
+
+@triton.jit
+def _middle_part_scores(
+    scores,
+    q,
+    p_k,
+    o_n,
+    valid,
+    W: tl.constexpr,
+    OFF: tl.constexpr,
+    P: tl.constexpr,
+    UPCAST: tl.constexpr,
+    IEEE: tl.constexpr,
+):
+    # Keys of one tile are a contiguous [BLOCK_N, W] block; this reads its columns OFF .. OFF + P.
+    k = tl.load(p_k + o_n[:, None] * W + OFF + tl.arange(0, P)[None, :], mask=valid[:, None], other=0.0)
+    if UPCAST:
+        k = k.to(tl.float32)
+    return scores + _dot_qk(q, k, UPCAST, IEEE)
+
+
+@triton.jit
+def _attend_middle(
+    m_i,
+    l_i,
+    acc,
+    p_q,
+    p_channels,
+    m_g,
+    p_k,
+    p_v,
+    stride_vt,
+    t_start,
+    t_stop,
+    scale_log2,
+    W: tl.constexpr,
+    BLOCK_G: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    UPCAST: tl.constexpr,
+    IEEE: tl.constexpr,
+):
+    # A width W (multiple of 16) is read as power-of-two column parts, e.g. 96 = 64 + 32, each fully vectorised.
+    P256: tl.constexpr = W & 256
+    P128: tl.constexpr = W & 128
+    P64: tl.constexpr = W & 64
+    P32: tl.constexpr = W & 32
+    P16: tl.constexpr = W & 16
+    O128: tl.constexpr = W - W % 256
+    O64: tl.constexpr = W - W % 128
+    O32: tl.constexpr = W - W % 64
+    O16: tl.constexpr = W - W % 32
+    if P256:
+        q256 = _load_query_part(p_q, p_channels, m_g, 0, 256, UPCAST)
+    if P128:
+        q128 = _load_query_part(p_q, p_channels, m_g, O128, 128, UPCAST)
+    if P64:
+        q64 = _load_query_part(p_q, p_channels, m_g, O64, 64, UPCAST)
+    if P32:
+        q32 = _load_query_part(p_q, p_channels, m_g, O32, 32, UPCAST)
+    if P16:
+        q16 = _load_query_part(p_q, p_channels, m_g, O16, 16, UPCAST)
+    o_n = tl.arange(0, BLOCK_N)
+    o_d = tl.arange(0, BLOCK_D)
+    m_d = o_d < HEAD_DIM
+    # 64-bit tile pointers advanced per tile; in-tile offsets stay 32-bit.
+    p_k_tile = p_k + t_start.to(tl.int64) * W
+    p_v_tile = p_v + t_start.to(tl.int64) * stride_vt
+    for start in range(t_start, t_stop, BLOCK_N):
+        valid = start + o_n < t_stop
+        scores = tl.zeros([BLOCK_G, BLOCK_N], dtype=tl.float32)
+        if P256:
+            scores = _middle_part_scores(scores, q256, p_k_tile, o_n, valid, W, 0, 256, UPCAST, IEEE)
+        if P128:
+            scores = _middle_part_scores(scores, q128, p_k_tile, o_n, valid, W, O128, 128, UPCAST, IEEE)
+        if P64:
+            scores = _middle_part_scores(scores, q64, p_k_tile, o_n, valid, W, O64, 64, UPCAST, IEEE)
+        if P32:
+            scores = _middle_part_scores(scores, q32, p_k_tile, o_n, valid, W, O32, 32, UPCAST, IEEE)
+        if P16:
+            scores = _middle_part_scores(scores, q16, p_k_tile, o_n, valid, W, O16, 16, UPCAST, IEEE)
+        v = tl.load(p_v_tile + o_n[:, None] * stride_vt + o_d[None, :], mask=valid[:, None] & m_d[None, :], other=0.0)
+        if UPCAST:
+            v = v.to(tl.float32)
+        m_i, l_i, acc = _online_softmax_step(scores * scale_log2, valid, v, m_i, l_i, acc, UPCAST, IEEE)
+        p_k_tile += BLOCK_N * W
+        p_v_tile += BLOCK_N * stride_vt
+    return m_i, l_i, acc
+
+
+@triton.jit(
+    do_not_specialize=[
+        "sink_size",
+        "num_full",
+        "recent_start",
+        "query_pos",
+        "boundary",
+        "mid_cap",
+        "num_mid",
+        "split_len",
+    ]
+)
+def _leank_decode_kernel(
+    Q, FULL_K, FULL_V, MID_K, MID_V, PAD, WIDTHS, CHANNELS, OFFSETS, VALUE_SLOTS, STORAGE_ORDER, O_PART, LSE_PART,
+    stride_qb, stride_qh,
+    stride_fkb, stride_fkh, stride_fkt,
+    stride_fvb, stride_fvh, stride_fvt,
+    stride_mkb,
+    stride_mvb, stride_mvh, stride_mvt,
+    stride_ob, stride_oh, stride_os,
+    stride_lb, stride_lh,
+    scale_log2,
+    sink_size, num_full, recent_start, query_pos, boundary, mid_cap, num_mid, split_len,
+    G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    UPCAST: tl.constexpr, IEEE: tl.constexpr,
+):  # fmt: skip
+    i_split = tl.program_id(0)
+    i_b = tl.program_id(1).to(tl.int64)
+    i_h = tl.load(STORAGE_ORDER + tl.program_id(2))
+    pad = tl.load(PAD + i_b)
+    o_g = tl.arange(0, BLOCK_G)
+    m_g = o_g < G
+    o_n = tl.arange(0, BLOCK_N)
+    o_d = tl.arange(0, BLOCK_D)
+    m_d = o_d < HEAD_DIM
+    # query rows of this KV head's GQA group: heads i_h * G + g
+    p_q = Q + i_b * stride_qb + (i_h * G + o_g).to(tl.int64) * stride_qh  # [BLOCK_G]
+
+    m_i = tl.full([BLOCK_G], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_G], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_G, BLOCK_D], dtype=tl.float32)
+    if i_split == 0:
+        # Full region: slot s < sink_size is global slot pad + s, slot sink_size + r is recent_start + r.
+        q = tl.load(p_q[:, None] + o_d[None, :], mask=m_g[:, None] & m_d[None, :], other=0.0)
+        if UPCAST:
+            q = q.to(tl.float32)
+        p_k = FULL_K + i_b * stride_fkb + i_h.to(tl.int64) * stride_fkh
+        p_v = FULL_V + i_b * stride_fvb + i_h.to(tl.int64) * stride_fvh
+        for start in range(0, num_full, BLOCK_N):
+            o_s = start + o_n
+            is_sink = o_s < sink_size
+            g = tl.where(is_sink, pad + o_s, recent_start + o_s - sink_size)
+            valid = (g <= query_pos) & tl.where(is_sink, g < boundary, (o_s < num_full) & (g >= boundary) & (g >= pad))
+            mask = valid[:, None] & m_d[None, :]
+            k = tl.load(p_k + o_s[:, None] * stride_fkt + o_d[None, :], mask=mask, other=0.0)
+            v = tl.load(p_v + o_s[:, None] * stride_fvt + o_d[None, :], mask=mask, other=0.0)
+            if UPCAST:
+                k = k.to(tl.float32)
+                v = v.to(tl.float32)
+            scores = _dot_qk(q, k, UPCAST, IEEE) * scale_log2
+            m_i, l_i, acc = _online_softmax_step(scores, valid, v, m_i, l_i, acc, UPCAST, IEEE)
+    else:
+        # Middle chunk: index t is global slot sink_size + t; valid for pad <= t < boundary - sink_size.
+        width = tl.load(WIDTHS + i_h)
+        t_start = tl.maximum((i_split - 1) * split_len, pad.to(tl.int32))
+        t_stop = tl.minimum(tl.minimum(i_split * split_len, num_mid), boundary - sink_size)
+        if (width > 0) & (t_start < t_stop):
+            key_offset = tl.multiple_of(tl.load(OFFSETS + i_h), 16)
+            p_k = MID_K + i_b * stride_mkb + key_offset * mid_cap
+            p_v = MID_V + i_b * stride_mvb + tl.load(VALUE_SLOTS + i_h).to(tl.int64) * stride_mvh
+            p_channels = CHANNELS + i_h * HEAD_DIM
+            # One compiled loop per possible width; the one matching this head's width runs.
+            for i_w in tl.static_range(1, HEAD_DIM // 16 + 1):
+                if width == i_w * 16:
+                    m_i, l_i, acc = _attend_middle(
+                        m_i,
+                        l_i,
+                        acc,
+                        p_q,
+                        p_channels,
+                        m_g,
+                        p_k,
+                        p_v,
+                        stride_mvt,
+                        t_start,
+                        t_stop,
+                        scale_log2,
+                        i_w * 16,
+                        BLOCK_G,
+                        BLOCK_N,
+                        BLOCK_D,
+                        HEAD_DIM,
+                        UPCAST,
+                        IEEE,
+                    )
+
+    # Normalised partial output and its log2-sum-exp; -inf (and zeros) where no key was valid.
+    has_keys = l_i > 0
+    out = acc / tl.where(has_keys, l_i, 1.0)[:, None]
+    lse = tl.where(has_keys, m_i + tl.log2(tl.where(has_keys, l_i, 1.0)), float("-inf"))
+    o_hq = (i_h * G + o_g).to(tl.int64)
+    p_o = O_PART + i_b * stride_ob + o_hq[:, None] * stride_oh + i_split * stride_os + o_d[None, :]
+    tl.store(p_o, out, mask=m_g[:, None] & m_d[None, :])
+    tl.store(LSE_PART + i_b * stride_lb + o_hq * stride_lh + i_split, lse, mask=m_g)
+
+
+@triton.jit(do_not_specialize=["num_parts"])
+def _leank_merge_kernel(
+    O_PART, LSE_PART, OUT,
+    stride_ob, stride_oh, stride_os,
+    stride_lb, stride_lh,
+    stride_outb, stride_outh,
+    num_parts,
+    HEAD_DIM: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    i_b = tl.program_id(0).to(tl.int64)
+    i_hq = tl.program_id(1).to(tl.int64)
+    o_s = tl.arange(0, BLOCK_S)
+    o_d = tl.arange(0, BLOCK_D)
+    m_d = o_d < HEAD_DIM
+    p_lse = LSE_PART + i_b * stride_lb + i_hq * stride_lh
+    p_o = O_PART + i_b * stride_ob + i_hq * stride_oh
+    m_i = tl.full([1], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([1], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+    for start in range(0, num_parts, BLOCK_S):
+        m_s = start + o_s < num_parts
+        lse = tl.load(p_lse + start + o_s, mask=m_s, other=float("-inf"))  # [BLOCK_S]
+        o = tl.load(p_o + (start + o_s)[:, None] * stride_os + o_d[None, :], mask=m_s[:, None] & m_d[None, :])
+        m_new = tl.maximum(m_i, tl.max(lse, 0))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp2(m_i - m_safe)
+        weights = tl.exp2(lse - m_safe)  # 0 for empty parts
+        o = tl.where(weights[:, None] > 0, o, 0.0)
+        l_i = l_i * alpha + tl.sum(weights, 0)
+        acc = acc * alpha + tl.sum(weights[:, None] * o, 0)
+        m_i = m_new
+    out = acc / tl.where(l_i > 0, l_i, 1.0)
+    tl.store(OUT + i_b * stride_outb + i_hq * stride_outh + o_d, out.to(OUT.dtype.element_ty), mask=m_d)
+
+
+@functools.cache
+def _sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def _choose_splits(
+    batch: int, busy_heads: int, num_mid: int, block_n: int, num_sms: int, ctas_per_sm: int = 4
+) -> tuple[int, int]:
+    """Number of middle-region splits and their length in tokens (a multiple of `block_n`).
+
+    Enough programs to give every SM `ctas_per_sm` middle chunks, but no chunk shorter than 8 tiles.
+    """
+    if num_mid <= 0 or busy_heads == 0:
+        return 0, block_n
+    wanted = math.ceil(num_sms * ctas_per_sm / (batch * busy_heads))
+    splits = max(1, min(wanted, math.ceil(num_mid / (8 * block_n))))
+    split_len = math.ceil(math.ceil(num_mid / splits) / block_n) * block_n
+    return math.ceil(num_mid / split_len), split_len
+
+
+def _check_inputs(query: torch.Tensor, kv: CompactKV) -> None:
+    layout = kv.layout
+    if query.dim() != 4 or query.shape[2] != 1:
+        raise LeanKUsageError(
+            f"the Triton LeanK kernel takes one query row per step, `query` [B, Hq, 1, D], got shape "
+            f"{tuple(query.shape)}; use backend='torch' for multi-token queries"
+        )
+    if len(kv.boundaries) != 1:
+        raise LeanKUsageError(f"the Triton LeanK kernel needs one boundary per step, got {len(kv.boundaries)}")
+    batch, num_q_heads, _, head_dim = query.shape
+    num_kv_heads = layout.num_kv_heads
+    if head_dim != layout.head_dim or num_q_heads % num_kv_heads:
+        raise LeanKUsageError(
+            f"query shape {tuple(query.shape)} does not fit the cache layout (head_dim {layout.head_dim}, "
+            f"{num_kv_heads} KV heads): need head_dim {layout.head_dim} and a multiple of {num_kv_heads} query heads"
+        )
+    if query.dtype not in _SUPPORTED_DTYPES:
+        raise LeanKUsageError(f"the Triton LeanK kernel supports {_SUPPORTED_DTYPES}, got query dtype {query.dtype}")
+    odd = [group.width for group in layout.groups if group.width % 16]
+    if odd:
+        raise LeanKUsageError(
+            f"the Triton LeanK kernel needs kept widths that are multiples of 16, got {odd}; "
+            "use backend='torch' or a mask built with align=16 or 32"
+        )
+    if query.device.type != "cuda" and not _INTERPRETED:
+        raise LeanKUsageError(
+            f"the Triton LeanK kernel runs on CUDA tensors, got {query.device}; use backend='torch' on CPU"
+        )
+    tensors = {
+        "full_keys": kv.full_keys,
+        "full_values": kv.full_values,
+        "mid_keys": kv.mid_keys,
+        "mid_values": kv.mid_values,
+        "pad": kv.pad,
+        "layout.widths": layout.widths,
+        "layout.channels": layout.channels,
+    }
+    for name, tensor in tensors.items():
+        if tensor.device != query.device:
+            raise LeanKUsageError(f"`{name}` is on {tensor.device} but the query is on {query.device}")
+    for name in ("full_keys", "full_values", "mid_keys", "mid_values"):
+        tensor = tensors[name]
+        if tensor.dtype != query.dtype:
+            raise LeanKUsageError(f"`{name}` has dtype {tensor.dtype} but the query has {query.dtype}")
+        if tensor.numel() and tensor.stride(-1) != 1:
+            raise LeanKUsageError(f"`{name}` must be contiguous in its last dimension")
+    if query.stride(-1) != 1:
+        raise LeanKUsageError("`query` must be contiguous in its last dimension")
+    if tuple(kv.full_keys.shape[:2]) != (batch, num_kv_heads) or kv.mid_keys.shape[0] != batch:
+        raise LeanKUsageError(
+            f"cache tensors do not match the query batch {batch} and {num_kv_heads} KV heads: full_keys "
+            f"{tuple(kv.full_keys.shape)}, mid_keys {tuple(kv.mid_keys.shape)}"
+        )
+
+
+def leank_decode_fwd(
+    query: torch.Tensor,
+    kv: CompactKV,
+    scale: float,
+    *,
+    num_splits: int | None = None,
+    block_n: int = 64,
+    num_warps: int = 4,
+    num_stages: int = 3,
+) -> torch.Tensor:
+    """Launch the decode kernel and the split merge. See `leank_decode_triton`; the keywords tune the launch.
+
+    Args:
+        num_splits (`int`, *optional*):
+            Middle-region splits per (batch row, KV head); chosen from the problem size and SM count if not given.
+        block_n (`int`, *optional*, defaults to 64):
+            Keys per tile (a power of two >= 16).
+        num_warps (`int`, *optional*, defaults to 4):
+            Warps per program.
+        num_stages (`int`, *optional*, defaults to 3):
+            Software-pipelining depth of the key/value loads.
+    """
+    _check_inputs(query, kv)
+    layout = kv.layout
+    batch, num_q_heads, _, head_dim = query.shape
+    num_kv_heads = layout.num_kv_heads
+    group = num_q_heads // num_kv_heads
+    if num_splits is None:
+        num_sms = _sm_count(query.device.index or 0) if query.device.type == "cuda" else 8
+        num_splits, split_len = _choose_splits(batch, layout.num_value_heads, kv.num_mid, block_n, num_sms)
+    else:
+        split_len = math.ceil(math.ceil(max(kv.num_mid, 1) / max(num_splits, 1)) / block_n) * block_n
+        num_splits = math.ceil(kv.num_mid / split_len) if layout.num_value_heads else 0
+    num_parts = num_splits + 1
+
+    partial_out = torch.empty(batch, num_q_heads, num_parts, head_dim, device=query.device, dtype=torch.float32)
+    partial_lse = torch.empty(batch, num_q_heads, num_parts, device=query.device, dtype=torch.float32)
+    out = torch.empty(batch, num_q_heads, 1, head_dim, device=query.device, dtype=query.dtype)
+    block_d = triton.next_power_of_2(head_dim)
+    mid_values = kv.mid_values
+    _leank_decode_kernel[(num_parts, batch, num_kv_heads)](
+        query, kv.full_keys, kv.full_values, kv.mid_keys, mid_values, kv.pad,
+        layout.widths, layout.channels, layout.offsets, layout.value_slots, layout.storage_order,
+        partial_out, partial_lse,
+        query.stride(0), query.stride(1),
+        kv.full_keys.stride(0), kv.full_keys.stride(1), kv.full_keys.stride(2),
+        kv.full_values.stride(0), kv.full_values.stride(1), kv.full_values.stride(2),
+        kv.mid_keys.stride(0),
+        mid_values.stride(0), mid_values.stride(1), mid_values.stride(2),
+        partial_out.stride(0), partial_out.stride(1), partial_out.stride(2),
+        partial_lse.stride(0), partial_lse.stride(1),
+        scale * _LOG2E,
+        kv.sink_size, kv.sink_size + kv.num_recent, kv.recent_start, kv.query_start, kv.boundaries[0],
+        kv.mid_cap, kv.num_mid, split_len,
+        G=group, HEAD_DIM=head_dim, BLOCK_G=max(16, triton.next_power_of_2(group)), BLOCK_N=block_n,
+        BLOCK_D=block_d, UPCAST=_INTERPRETED, IEEE=query.dtype == torch.float32,
+        num_warps=num_warps, num_stages=num_stages,
+    )  # fmt: skip
+    _leank_merge_kernel[(batch, num_q_heads)](
+        partial_out, partial_lse, out,
+        partial_out.stride(0), partial_out.stride(1), partial_out.stride(2),
+        partial_lse.stride(0), partial_lse.stride(1),
+        out.stride(0), out.stride(1),
+        num_parts,
+        HEAD_DIM=head_dim, BLOCK_S=16, BLOCK_D=block_d,
+        num_warps=4 if block_d >= 128 else 2,
+    )  # fmt: skip
+    return out
+
+
+def leank_decode_triton(query: torch.Tensor, kv: CompactKV, *, scale: float) -> torch.Tensor:
+    """Decode attention of one query row over a layer's LeanK cache, in one kernel launch plus a merge.
+
+    Args:
+        query (`torch.Tensor`):
+            `[B, Hq, 1, D]` fp16, bf16 or fp32 on CUDA; `Hq` a multiple of the cache's KV heads (GQA).
+        kv (`CompactKV`):
+            The layer's cache as returned by `LeanKLayer.update`, with `len(kv.boundaries) == 1` and every kept
+            width a multiple of 16.
+        scale (`float`):
+            Softmax scale applied to the logits.
+
+    Returns:
+        `torch.Tensor`: `[B, Hq, 1, D]` attention output in the query's dtype (fp32 accumulation).
+    """
+    return leank_decode_fwd(query, kv, scale)
