@@ -69,7 +69,7 @@ def save_masks(
     except (TypeError, ValueError) as error:
         raise MaskError(f"`training_info` must be JSON-serialisable to be saved: {error}") from error
     (directory / CONFIG_NAME).write_text(config_text, encoding="utf-8")
-    save_file({MASK_TENSOR_NAME: masks.mask}, str(directory / MASKS_NAME), metadata=_safetensors_metadata(config_text))
+    save_file({MASK_TENSOR_NAME: masks.mask}, str(directory / MASKS_NAME), metadata=_safetensors_metadata(config))
     card_path = directory / MODEL_CARD_NAME
     existing = card_path.read_text(encoding="utf-8") if card_path.is_file() else None
     card_path.write_text(
@@ -94,10 +94,10 @@ def masks_config(masks: LeanKMasks) -> dict[str, Any]:
     return config
 
 
-def _safetensors_metadata(config_text: str) -> dict[str, str]:
+def _safetensors_metadata(config: dict[str, Any]) -> dict[str, str]:
     """The whole config under one key, so the tensor file names its origin even alone (and stays byte-stable:
     safetensors writes several metadata keys in no fixed order)."""
-    return {SAFETENSORS_METADATA_KEY: json.dumps(json.loads(config_text), sort_keys=True)}
+    return {SAFETENSORS_METADATA_KEY: json.dumps(config, sort_keys=True)}
 
 
 # --------------------------------------------------------------------------------------------------- model card
