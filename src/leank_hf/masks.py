@@ -237,7 +237,7 @@ class LeanKMasks:
         ax.figure.colorbar(image, ax=ax, label="kept K channels")
         ax.set_xlabel("KV head")
         ax.set_ylabel("layer")
-        ax.set_title(f"{self.base_model or 'LeanK mask'}: {self.pruned_ratio:.1%} of K channels pruned")
+        ax.set_title(f"{self.base_model or 'LeanK mask'}: {self.pruned_ratio:.2%} of K channels pruned")
         return ax
 
     # ---------------------------------------------------------- compatibility
