@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 
 import pytest
 import torch
+
+# Without CUDA, Triton kernels can only run in Triton's interpreter, which must be chosen before triton is first
+# imported (importing a transformers config already imports it). This file loads before every test module.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
