@@ -39,13 +39,12 @@ def seed() -> int:
 @pytest.fixture
 def hub():
     """Serve every request of huggingface_hub's real HTTP client from a fresh in-process `FakeHub` (no network)."""
-    import httpx2
     from huggingface_hub import set_client_factory
     from huggingface_hub.utils._http import default_client_factory
 
-    from fake_hub import FakeHub
+    from fake_hub import FakeHub, mock_client
 
     fake = FakeHub()
-    set_client_factory(lambda: httpx2.Client(transport=httpx2.MockTransport(fake)))
+    set_client_factory(lambda: mock_client(fake))
     yield fake
     set_client_factory(default_client_factory)

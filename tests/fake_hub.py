@@ -1,5 +1,5 @@
 """An in-process fake of the Hugging Face Hub's HTTP API, served to huggingface_hub's real client through
-`set_client_factory` + `httpx2.MockTransport` (see the `hub` fixture in conftest.py). No socket is opened."""
+`set_client_factory` + a `MockTransport` (see the `hub` fixture in conftest.py). No socket is opened."""
 
 from __future__ import annotations
 
@@ -7,7 +7,10 @@ import base64
 import hashlib
 import json
 
-import httpx2
+try:
+    import httpx2 as http  # the HTTP client of huggingface_hub >= 2
+except ImportError:  # huggingface_hub 1.x (the GPU machines' stack) uses httpx, whose API is the same
+    import httpx as http
 
 
 class FakeHub:
@@ -18,7 +21,7 @@ class FakeHub:
 
     def __init__(self) -> None:
         self.repos: dict[str, dict] = {}
-        self.requests: list[httpx2.Request] = []
+        self.requests: list[http.Request] = []
         self.commits: list[list[dict]] = []  # the NDJSON lines of every commit received
 
     def add_repo(self, repo_id: str, files: dict[str, bytes]) -> str:
@@ -30,47 +33,47 @@ class FakeHub:
         """(method, path) of the requests that reached the Hub API, minus huggingface_hub's telemetry."""
         return [(r.method, r.url.path) for r in self.requests if r.url.path != "/api/agent-harnesses"]
 
-    def __call__(self, request: httpx2.Request) -> httpx2.Response:
+    def __call__(self, request: http.Request) -> http.Response:
         self.requests.append(request)
         path = request.url.path
         parts = path.strip("/").split("/")
         if path == "/api/repos/create":
             return self._create_repo(json.loads(request.content))
         if path == "/api/validate-yaml":
-            return httpx2.Response(200, json={"errors": [], "warnings": []})
+            return http.Response(200, json={"errors": [], "warnings": []})
         if parts[:2] == ["api", "models"] and len(parts) >= 6:
             repo_id, action, revision = "/".join(parts[2:4]), parts[4], "/".join(parts[5:])
             if repo_id not in self.repos:
-                return httpx2.Response(404, headers={"X-Error-Code": "RepoNotFound"})
+                return http.Response(404, headers={"X-Error-Code": "RepoNotFound"})
             if action == "branch":
                 return self._create_branch(repo_id, revision)
             if action == "preupload":
                 files = json.loads(request.content)["files"]
                 modes = [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]
-                return httpx2.Response(200, json={"files": modes})
+                return http.Response(200, json={"files": modes})
             if action == "commit":
                 return self._commit(repo_id, revision, request.content)
         if len(parts) >= 5 and parts[2] == "resolve":
             return self._resolve(request.method, "/".join(parts[:2]), parts[3], "/".join(parts[4:]))
-        return httpx2.Response(404, json={"error": f"fake Hub does not serve {request.method} {path}"})
+        return http.Response(404, json={"error": f"fake Hub does not serve {request.method} {path}"})
 
-    def _create_repo(self, payload: dict) -> httpx2.Response:
+    def _create_repo(self, payload: dict) -> http.Response:
         repo_id = f"{payload['organization'] or 'user'}/{payload['name']}"
         if repo_id in self.repos:
             url = f"https://huggingface.co/{repo_id}"
-            return httpx2.Response(409, json={"error": "You already created this model repo", "url": url})
+            return http.Response(409, json={"error": "You already created this model repo", "url": url})
         self.add_repo(repo_id, {})
         self.repos[repo_id]["private"] = payload.get("visibility") == "private"
-        return httpx2.Response(200, json={"url": f"https://huggingface.co/{repo_id}", "name": repo_id})
+        return http.Response(200, json={"url": f"https://huggingface.co/{repo_id}", "name": repo_id})
 
-    def _create_branch(self, repo_id: str, branch: str) -> httpx2.Response:
+    def _create_branch(self, repo_id: str, branch: str) -> http.Response:
         branches = self.repos[repo_id]["branches"]
         if branch in branches:
-            return httpx2.Response(409, json={"error": "Reference already exists"})
+            return http.Response(409, json={"error": "Reference already exists"})
         branches[branch] = branches["main"]
-        return httpx2.Response(200, json={})
+        return http.Response(200, json={})
 
-    def _commit(self, repo_id: str, revision: str, body: bytes) -> httpx2.Response:
+    def _commit(self, repo_id: str, revision: str, body: bytes) -> http.Response:
         repo = self.repos[repo_id]
         lines = [json.loads(line) for line in body.decode().splitlines()]
         self.commits.append(lines)
@@ -83,21 +86,26 @@ class FakeHub:
         repo["commits"][commit] = files
         repo["branches"][revision] = commit
         url = f"https://huggingface.co/{repo_id}/commit/{commit}"
-        return httpx2.Response(200, json={"commitUrl": url, "commitOid": commit, "pullRequestUrl": None})
+        return http.Response(200, json={"commitUrl": url, "commitOid": commit, "pullRequestUrl": None})
 
-    def _resolve(self, method: str, repo_id: str, revision: str, filename: str) -> httpx2.Response:
+    def _resolve(self, method: str, repo_id: str, revision: str, filename: str) -> http.Response:
         repo = self.repos.get(repo_id)
         if repo is None:
-            return httpx2.Response(401, headers={"X-Error-Code": "RepoNotFound"})
+            return http.Response(401, headers={"X-Error-Code": "RepoNotFound"})
         commit = repo["branches"].get(revision, revision if revision in repo["commits"] else None)
         if commit is None:
-            return httpx2.Response(404, headers={"X-Error-Code": "RevisionNotFound"})
+            return http.Response(404, headers={"X-Error-Code": "RevisionNotFound"})
         content = repo["commits"][commit].get(filename)
         if content is None:
-            return httpx2.Response(404, headers={"X-Error-Code": "EntryNotFound", "X-Repo-Commit": commit})
+            return http.Response(404, headers={"X-Error-Code": "EntryNotFound", "X-Repo-Commit": commit})
         headers = {
             "X-Repo-Commit": commit,
             "ETag": f'"{hashlib.sha256(content).hexdigest()}"',
             "Content-Length": str(len(content)),
         }
-        return httpx2.Response(200, headers=headers, content=b"" if method == "HEAD" else content)
+        return http.Response(200, headers=headers, content=b"" if method == "HEAD" else content)
+
+
+def mock_client(fake: FakeHub) -> http.Client:
+    """A client for `huggingface_hub.set_client_factory` whose every request is answered by `fake`."""
+    return http.Client(transport=http.MockTransport(fake))
