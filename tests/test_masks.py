@@ -55,8 +55,9 @@ def test_numeric_zero_one_masks_become_bool(dtype):
         (torch.full((2, 2, 8), 2, dtype=torch.int32), "0 or 1"),
         (torch.ones(2, 2, 8, dtype=torch.complex64), "dtype"),
         ([[[1, 0]]], "torch.Tensor"),
+        (torch.ones(0, 2, 8, dtype=torch.bool), "at least one layer"),
     ],
-    ids=["rank2", "rank4", "half", "nan", "two", "complex", "list"],
+    ids=["rank2", "rank4", "half", "nan", "two", "complex", "list", "empty"],
 )
 def test_bad_mask_tensor_is_rejected(mask, message):
     with pytest.raises(MaskError, match=message):

@@ -432,6 +432,8 @@ def _as_bool_mask(mask: Any) -> torch.Tensor:
         raise MaskError(f"mask must be a torch.Tensor, got {type(mask).__name__}")
     if mask.dim() != 3:
         raise MaskError(f"mask must have rank 3 [num_layers, num_kv_heads, head_dim], got shape {list(mask.shape)}")
+    if mask.numel() == 0:
+        raise MaskError(f"mask must have at least one layer, KV head and channel, got shape {list(mask.shape)}")
     if mask.dtype == torch.bool:
         return mask.detach().to("cpu").contiguous()
     if mask.is_complex() or not (mask.is_floating_point() or mask.dtype in _INT_DTYPES):
