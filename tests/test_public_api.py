@@ -7,7 +7,17 @@ import importlib.metadata
 import leank_hf
 
 # Names other code and the docs rely on; `__all__` may hold more, never fewer.
-PUBLIC = {"LeanKError", "LeanKMasks", "LeanKUsageError", "MaskError", "__version__", "bundled"}
+PUBLIC = {
+    "LeanKCache",
+    "LeanKError",
+    "LeanKMasks",
+    "LeanKUsageError",
+    "MaskError",
+    "__version__",
+    "apply_leank",
+    "bundled",
+    "revert_leank",
+}
 MASK_METHODS = {
     "check_compatible",
     "dense_kv_bytes_per_token",

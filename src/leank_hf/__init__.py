@@ -1,16 +1,21 @@
 """leank_hf: LeanK K-cache channel pruning for Hugging Face transformers."""
 
 from . import bundled
+from .attention import apply_leank, revert_leank
+from .cache import LeanKCache
 from .errors import LeanKError, LeanKUsageError, MaskError
 from .masks import LeanKMasks
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "LeanKCache",
     "LeanKError",
     "LeanKMasks",
     "LeanKUsageError",
     "MaskError",
     "__version__",
+    "apply_leank",
     "bundled",
+    "revert_leank",
 ]

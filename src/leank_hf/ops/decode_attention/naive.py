@@ -1,0 +1,90 @@
+"""PyTorch attention over one layer's LeanK cache: the CPU path and the oracle of the Triton kernel.
+
+The middle keys are read as stored, one `[B, count, T, width]` view per run of equal-width heads, never widened back
+to `head_dim`. Scores, softmax and accumulation are fp32. Python loops run over width groups only (a handful per
+layer), never over heads, tokens or query rows.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .layout import CompactKV
+
+
+def leank_decode_torch(query: torch.Tensor, kv: CompactKV, *, scale: float) -> torch.Tensor:
+    """Attention of `query` over a LeanK cache, following the validity rules of `CompactKV`.
+
+    Args:
+        query (`torch.Tensor`):
+            `[B, Hq, n, D]` queries of `n` consecutive positions starting at global slot `kv.query_start`; query head
+            `j` reads KV head `j // (Hq // H)` (the `repeat_kv` order).
+        kv (`CompactKV`):
+            The layer's cache with one boundary per query row.
+        scale (`float`):
+            Factor applied to every score before the softmax (usually `head_dim ** -0.5`).
+
+    Returns:
+        `torch.Tensor`: `[B, Hq, n, D]` in the query's dtype.
+    """
+    batch, num_query_heads, num_rows, head_dim = query.shape
+    layout = kv.layout
+    num_heads = layout.num_kv_heads
+    rows = num_query_heads // num_heads * num_rows  # GQA group x query rows, attended together per KV head
+    # [B, H, rows, D], the GQA group outermost within `rows`
+    q = (query.float() * scale).reshape(batch, num_heads, rows, head_dim)
+    full_valid, mid_valid = _validity(kv, num_rows, query.device)
+
+    num_full = kv.sink_size + kv.num_recent
+    scores = q @ kv.full_keys[:, :, :num_full].float().transpose(-1, -2)
+    scores = scores.view(batch, num_heads, -1, num_rows, num_full).masked_fill(~full_valid, float("-inf"))
+    row_max = scores.amax(-1, keepdim=True)  # finite: each query row sees its own key in the recent window
+
+    # Pass 1: middle scores per width group, and the running max over both regions.
+    middle = []
+    if kv.num_mid and layout.groups:
+        q_flat = q.transpose(1, 2).reshape(batch, rows, num_heads * head_dim)
+        for group in layout.groups:
+            heads = layout.storage_order[group.first : group.first + group.count]  # natural head ids
+            channels = layout.gather_index[group.offset : group.offset + group.count * group.width]
+            q_group = q_flat.index_select(2, channels).view(batch, rows, group.count, group.width).transpose(1, 2)
+            group_scores = q_group @ kv.mid_key_group(group).float().transpose(-1, -2)
+            group_scores = group_scores.view(batch, group.count, -1, num_rows, kv.num_mid)
+            group_scores = group_scores.masked_fill(~mid_valid, float("-inf"))
+            group_max = torch.maximum(row_max.index_select(1, heads), group_scores.amax(-1, keepdim=True))
+            row_max.index_copy_(1, heads, group_max)
+            middle.append((group, heads, group_scores))
+
+    # Pass 2: exponentials against the shared max, summed and applied to the values of each region.
+    probs = torch.exp(scores - row_max)
+    denominator = probs.sum(-1)
+    output = probs.view(batch, num_heads, rows, num_full) @ kv.full_values[:, :, :num_full].float()
+    for group, heads, group_scores in middle:
+        group_probs = torch.exp(group_scores - row_max.index_select(1, heads))
+        denominator.index_add_(1, heads, group_probs.sum(-1))
+        values = kv.mid_values[:, group.first : group.first + group.count, : kv.num_mid].float()
+        output.index_add_(1, heads, group_probs.view(batch, group.count, rows, kv.num_mid) @ values)
+
+    output = output / denominator.view(batch, num_heads, rows, 1)
+    return output.view(batch, num_query_heads, num_rows, head_dim).to(query.dtype)
+
+
+def _validity(kv: CompactKV, num_rows: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which keys each query row reads: `([B, 1, 1, n, S + num_recent], [B, 1, 1, n, num_mid])` booleans."""
+    positions = torch.arange(kv.query_start, kv.query_start + num_rows, device=device)[:, None]  # [n, 1]
+    if num_rows == 1:
+        boundary = kv.boundaries[0]  # a Python int: no host-to-device copy on the decode path
+    else:
+        boundary = torch.tensor(kv.boundaries, device=device)[:, None]
+    pad = kv.pad[:, None, None]  # [B, 1, 1]
+
+    sink_slots = pad + torch.arange(kv.sink_size, device=device)  # [B, 1, S]
+    sink_valid = (sink_slots < boundary) & (sink_slots <= positions)
+    recent_slots = torch.arange(kv.recent_start, kv.recent_start + kv.num_recent, device=device)
+    recent_valid = (recent_slots >= boundary) & (recent_slots <= positions) & (recent_slots >= pad)
+    batch = pad.shape[0]
+    full_valid = torch.cat([sink_valid.expand(batch, num_rows, -1), recent_valid.expand(batch, num_rows, -1)], -1)
+
+    middle = torch.arange(kv.num_mid, device=device)
+    mid_valid = (middle >= pad) & (middle + kv.sink_size < boundary)
+    return full_valid[:, None, None], mid_valid.expand(-1, num_rows, -1)[:, None, None]

@@ -1,0 +1,113 @@
+"""Independent dense reference of the LeanK semantics (DESIGN.md), for tests.
+
+It never looks at a `LeanKCache`: it runs as a transformers attention function on a plain `DynamicCache`, so it sees
+the full-width key/value history, and applies the rules with boolean masks over all keys, in float64:
+
+- the first forward of a fresh cache is exact attention;
+- a later query at global slot `q` of row `b` (left pad `pad[b]`, read from the attention mask) reads key `j <= q`
+  (`j >= pad[b]`) with all channels if `j < pad[b] + sink` or `j >= boundary(q)`, otherwise with its KV head's
+  kept channels only (the other channels zeroed), and not at all if that head keeps no channel;
+- `boundary(q) = sink + flush * floor(max(0, q + 1 - sink - recent) / flush)`.
+
+Layers that are not `full_attention` are left to sdpa, as LeanK leaves them to transformers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+REFERENCE_NAME = "leank_reference"
+
+
+def window_start(query_slot: int, sink: int, recent: int, flush: int) -> int:
+    """First key slot a query at `query_slot` reads with all channels, past the sink."""
+    overflow = query_slot + 1 - sink - recent
+    return sink + (flush * (overflow // flush) if overflow > 0 else 0)
+
+
+def reference_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    *,
+    keep: torch.Tensor,
+    sink: int,
+    recent: int,
+    flush: int,
+    scaling: float | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """LeanK attention computed densely. `keep` is the model's `[layers, kv_heads, head_dim]` boolean mask."""
+    layer = module.layer_idx
+    layer_types = getattr(module.config, "layer_types", None)
+    batch, num_query_heads, num_rows, head_dim = query.shape
+    total = key.shape[2]
+    start = total - num_rows
+    if (layer_types is not None and layer_types[layer] != "full_attention") or start == 0:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
+
+    num_heads = key.shape[1]
+    groups = num_query_heads // num_heads
+    scale = scaling if scaling is not None else head_dim**-0.5
+    rows = torch.arange(start, total)
+    keys = torch.arange(total)
+    if attention_mask is None:
+        allowed = (keys[None, :] <= rows[:, None]).expand(batch, num_rows, total)
+    else:
+        allowed = attention_mask[:, 0].expand(batch, num_rows, total)
+    pad = allowed[:, -1].int().argmax(-1)  # first key the last row may read
+
+    channel_keep = keep[layer].to(torch.float64)  # [H, D]
+    q = query.to(torch.float64).reshape(batch, num_heads, groups, num_rows, head_dim)
+    k = key.to(torch.float64)
+    exact = torch.einsum("bhgnd,bhtd->bhgnt", q, k)
+    pruned = torch.einsum("bhgnd,bhtd->bhgnt", q, k * channel_keep[None, :, None, :])
+
+    bounds = torch.tensor([window_start(int(row), sink, recent, flush) for row in rows])
+    in_sink = keys[None, :] < pad[:, None] + sink  # [B, T]
+    in_window = keys[None, :] >= bounds[:, None]  # [n, T]
+    full = in_sink[:, None, None, None, :] | in_window[None, None, None, :, :]
+    zero_head = (channel_keep.sum(-1) == 0)[None, :, None, None, None]
+    readable = allowed[:, None, None] & (full | ~zero_head)
+    scores = torch.where(full, exact, pruned).masked_fill(~readable, float("-inf")) * scale
+    probs = torch.softmax(scores, dim=-1)
+    output = torch.einsum("bhgnt,bhtd->bhgnd", probs, value.to(torch.float64))
+    output = output.reshape(batch, num_query_heads, num_rows, head_dim).to(query.dtype)
+    return output.transpose(1, 2).contiguous(), None
+
+
+@contextmanager
+def reference_model(model, keep: torch.Tensor, sink: int, recent: int, flush: int) -> Iterator:
+    """Switch `model` to the dense reference for the duration of the block (use it with a `DynamicCache`)."""
+
+    def attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+        return reference_attention(
+            module,
+            query,
+            key,
+            value,
+            attention_mask,
+            keep=keep,
+            sink=sink,
+            recent=recent,
+            flush=flush,
+            scaling=scaling,
+            **kwargs,
+        )
+
+    AttentionInterface.register(REFERENCE_NAME, attention)
+    AttentionMaskInterface.register(REFERENCE_NAME, sdpa_mask)
+    previous = model.config._attn_implementation
+    model.set_attn_implementation(REFERENCE_NAME)
+    try:
+        yield model
+    finally:
+        model.set_attn_implementation(previous)

@@ -1,0 +1,296 @@
+"""LeanKLayer / LeanKCache storage: what is stored where, growth, memory accounting, cache operations, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicSlidingWindowLayer
+
+from leank_hf import LeanKCache, LeanKMasks, LeanKUsageError, MaskError
+from leank_hf.cache import REGIONS, LeanKLayer, LeanKStates, flushed_length
+from tiny_models import FLUSH, RECENT, SINK, random_masks, tiny_model
+
+
+def _layer_mask(widths=(16, 0, 8, 24, 8), head_dim=24 + 8, seed=0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    mask = torch.zeros(len(widths), head_dim, dtype=torch.bool)
+    for head, width in enumerate(widths):
+        mask[head, torch.randperm(head_dim, generator=generator)[:width]] = True
+    return mask
+
+
+def _feed(layer: LeanKLayer, keys: torch.Tensor, values: torch.Tensor, cuts: list[int], pad=None) -> list:
+    """Feed `keys[:, :, a:b]` for consecutive cuts; the first chunk is the prompt. Returns the CompactKV of each."""
+    results = []
+    for start, stop in zip(cuts, cuts[1:]):
+        states, same = layer.update(keys[:, :, start:stop], values[:, :, start:stop])
+        assert states is same and isinstance(states, LeanKStates)
+        if start == 0:
+            layer.finish_prefill(pad)
+        else:
+            results.append(states.payload)
+    return results
+
+
+def _check_storage(layer: LeanKLayer, mask: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, pad) -> None:
+    """Compare the stored regions with the dense history, head by head (independent of the layout's index math)."""
+    sink, length = layer.sink_size, layer.length
+    pad = [0] * keys.shape[0] if pad is None else pad.tolist()
+    for row, row_pad in enumerate(pad):
+        for slot in range(sink):
+            if row_pad + slot < length:
+                torch.testing.assert_close(layer.full_keys[row, :, slot], keys[row, :, row_pad + slot], rtol=0, atol=0)
+                torch.testing.assert_close(
+                    layer.full_values[row, :, slot], values[row, :, row_pad + slot], rtol=0, atol=0
+                )
+    recent = layer.num_recent
+    stored = layer.full_keys[:, :, sink : sink + recent]
+    torch.testing.assert_close(stored, keys[:, :, layer.recent_start : length], rtol=0, atol=0)
+    stored = layer.full_values[:, :, sink : sink + recent]
+    torch.testing.assert_close(stored, values[:, :, layer.recent_start : length], rtol=0, atol=0)
+
+    middle = keys[:, :, sink : sink + layer.num_mid]
+    order = layer.host_layout.storage_order.tolist()
+    offset, value_slot = 0, 0
+    for head in order:
+        kept = mask[head].nonzero().flatten()
+        width = len(kept)
+        block = layer.mid_keys[:, layer.mid_cap * offset : layer.mid_cap * (offset + width)]
+        block = block.view(keys.shape[0], layer.mid_cap, width)[:, : layer.num_mid]
+        torch.testing.assert_close(block, middle[:, head][..., kept], rtol=0, atol=0)
+        if width:
+            stored_values = layer.mid_values[:, value_slot, : layer.num_mid]
+            torch.testing.assert_close(stored_values, values[:, head, sink : sink + layer.num_mid], rtol=0, atol=0)
+            value_slot += 1
+        offset += width
+    assert value_slot == layer.mid_values.shape[1]
+
+
+@pytest.mark.parametrize(
+    "sink, flush, pad",
+    [(SINK, FLUSH, None), (SINK, 1, None), (0, FLUSH, None), (SINK, FLUSH, [0, 6]), (6, 4, [9, 0])],
+    ids=["sink4-flush3", "flush1", "no-sink", "padded", "pad-past-sink"],
+)
+def test_regions_hold_the_right_tokens(sink: int, flush: int, pad) -> None:
+    mask = _layer_mask()
+    layer = LeanKLayer(mask, sink_size=sink, recent_size=RECENT, flush_size=flush)
+    keys, values = torch.randn(2, 5, 90, 32), torch.randn(2, 5, 90, 32)
+    pad = None if pad is None else torch.tensor(pad)
+    cuts = [0, 11, 12, 13, 20, 21, 22, 23, 24, 40, 41, 60, *range(61, 90)]
+    for stop in cuts[1:]:
+        if stop == 11:
+            _feed(layer, keys, values, [0, 11], pad)
+        else:
+            (kv,) = _feed(layer, keys, values, [layer.length, stop])
+            length = layer.length
+            assert kv.num_mid == layer.num_mid == flushed_length(length, sink, RECENT, flush) - sink
+            assert kv.recent_start == flushed_length(kv.query_start + 1, sink, RECENT, flush)
+            assert kv.boundaries == tuple(
+                flushed_length(position + 1, sink, RECENT, flush) for position in range(kv.query_start, length)
+            )
+        _check_storage(layer, mask, keys, values, pad)
+
+
+def test_prompt_window_allows_cropping_flush_size_tokens() -> None:
+    layer = LeanKLayer(_layer_mask(), sink_size=SINK, recent_size=RECENT, flush_size=5)
+    keys = torch.randn(1, 5, 50, 32)
+    _feed(layer, keys, keys, [0, 50])
+    assert layer.recent_start == flushed_length(46, SINK, RECENT, 5)
+    layer.crop(-5)
+    with pytest.raises(LeanKUsageError, match="at most"):
+        layer.crop(-5)
+
+
+def test_storage_grows_in_amortised_chunks() -> None:
+    layer = LeanKLayer(_layer_mask(), sink_size=SINK, recent_size=RECENT, flush_size=FLUSH)
+    keys = torch.randn(1, 5, 700, 32)
+    _feed(layer, keys, keys, [0, 40, 41])
+    full_buffer = layer.full_keys.data_ptr()
+    capacities = [layer.mid_cap]
+    for stop in range(42, 700):
+        _feed(layer, keys, keys, [stop - 1, stop])
+        if layer.mid_cap != capacities[-1]:
+            capacities.append(layer.mid_cap)
+    assert layer.full_keys.data_ptr() == full_buffer  # the full region is never reallocated while decoding
+    assert len(capacities) < 20
+    assert all(new >= 1.25 * old for old, new in zip(capacities[1:], capacities[2:]))
+    _check_storage(layer, _layer_mask(), keys[:, :, :700], keys[:, :, :700], None)
+
+
+def test_decode_path_reads_no_tensor_data_on_the_host() -> None:
+    """Cache update and PyTorch attention run on the meta device, where any host read of a value would fail."""
+    from leank_hf.ops.decode_attention import leank_decode_torch
+
+    layer = LeanKLayer(_layer_mask(), sink_size=SINK, recent_size=RECENT, flush_size=FLUSH)
+    keys = torch.randn(2, 5, 40, 32, device="meta")
+    layer.update(keys, keys)
+    layer.finish_prefill(torch.tensor([0, 3], device="meta"))
+    for _ in range(2 * FLUSH + 1):
+        states, _ = layer.update(keys[:, :, :1], keys[:, :, :1])
+        output = leank_decode_torch(torch.randn(2, 10, 1, 32, device="meta"), states.payload, scale=0.1)
+        assert output.shape == (2, 10, 1, 32)
+    assert layer.num_mid > 40 - SINK - RECENT
+
+
+def _held_bytes(cache) -> dict[str, int]:
+    totals = {"full": 0, "middle": 0}
+    for layer in cache.layers:
+        if isinstance(layer, LeanKLayer):
+            totals["full"] += layer.full_keys.nbytes + layer.full_values.nbytes
+            totals["middle"] += layer.mid_keys.nbytes + layer.mid_values.nbytes
+        else:
+            totals["full"] += layer.keys.nbytes + layer.values.nbytes
+    return totals
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3"])
+def test_memory_footprint_matches_tensors_held(family: str) -> None:
+    model = tiny_model(family)
+    masks = random_masks(model.config)
+    text = model.config
+    head_dim, num_heads = text.head_dim, text.num_key_value_heads
+    cache, dense = LeanKCache(masks, text), DynamicCache(config=text)
+    keys = torch.randn(2, num_heads, 70, head_dim)
+    for index, layer in enumerate(cache.layers):
+        if isinstance(layer, LeanKLayer):
+            _feed(layer, keys, keys, [0, 40, *range(41, 71)])
+        else:
+            layer.update(keys, keys)
+        dense.layers[index].update(keys, keys)
+    footprint = cache.memory_footprint()
+    assert set(footprint.regions) == set(REGIONS)
+    held = _held_bytes(cache)
+    regions = footprint.regions
+    assert regions["keys/full"].allocated + regions["values/full"].allocated == held["full"]
+    assert regions["keys/middle"].allocated + regions["values/middle"].allocated == held["middle"]
+    assert footprint.dense == sum(layer.keys.nbytes + layer.values.nbytes for layer in dense.layers)
+
+    full_layers = [index for index, layer in enumerate(cache.layers) if isinstance(layer, LeanKLayer)]
+    kept = masks.mask[full_layers]
+    middle_keys, middle_values = regions["keys/middle"], regions["values/middle"]
+    assert middle_keys.used * kept.numel() == middle_keys.dense * int(kept.sum())  # kept fraction x dense, exactly
+    heads = kept.any(-1)
+    assert middle_values.used * heads.numel() == middle_values.dense * int(heads.sum())
+    assert regions["keys/full"].used == regions["keys/full"].dense
+    assert footprint.used < footprint.dense
+
+
+def test_cache_builds_layers_by_type() -> None:
+    model = tiny_model("gemma3")
+    cache = LeanKCache(random_masks(model.config), model.config)
+    kinds = [type(layer) for layer in cache.layers]
+    assert kinds == [DynamicSlidingWindowLayer, LeanKLayer, DynamicSlidingWindowLayer, LeanKLayer]
+    assert cache.layers[0].sliding_window == 12
+    assert not cache.is_compileable
+    assert cache.is_sliding == [True, False, True, False]
+
+
+def test_window_sizes_default_to_the_masks_and_can_be_overridden() -> None:
+    model = tiny_model("llama")
+    masks = random_masks(model.config, sink_size=5, recent_size=9, flush_size=2)
+    cache = LeanKCache(masks, model.config)
+    assert (cache.sink_size, cache.recent_size, cache.flush_size) == (5, 9, 2)
+    layer = LeanKCache(masks, model.config, sink_size=0, flush_size=7).layers[0]
+    assert (layer.sink_size, layer.recent_size, layer.flush_size) == (0, 9, 7)
+
+
+def test_from_pretrained_loads_the_masks(tmp_path) -> None:
+    model = tiny_model("llama")
+    masks = random_masks(model.config)
+    masks.save_pretrained(tmp_path)
+    cache = LeanKCache.from_pretrained(tmp_path, config=model.config, recent_size=11)
+    assert torch.equal(cache.masks.mask, masks.mask)
+    assert (cache.sink_size, cache.recent_size) == (masks.sink_size, 11)
+
+
+def test_crop_rules() -> None:
+    layer = LeanKLayer(_layer_mask(), sink_size=SINK, recent_size=RECENT, flush_size=FLUSH)
+    keys = torch.randn(1, 5, 60, 32)
+    _feed(layer, keys, keys, [0, 40, 41, 42, 43, 50])
+    with pytest.raises(ValueError, match="negative"):
+        layer.crop(3)
+    # The window of the last chunk starts at 34 (boundary of query 43), which query 41 still reads: 9 removable.
+    with pytest.raises(LeanKUsageError, match="already stored with pruned keys; at most 9"):
+        layer.crop(-10)
+    layer.crop(-7)  # the whole last chunk
+    assert layer.length == 43
+    layer.crop(-100)
+    assert layer.length == 0 and not layer.is_initialized
+
+
+def test_reset_allows_a_new_batch() -> None:
+    layer = LeanKLayer(_layer_mask(), sink_size=SINK, recent_size=RECENT, flush_size=FLUSH)
+    keys = torch.randn(2, 5, 50, 32)
+    _feed(layer, keys, keys, [0, 40, 41])
+    layer.reset()
+    assert layer.get_seq_length() == 0 and layer.memory_footprint().allocated == 0
+    single = torch.randn(1, 5, 50, 32)
+    _feed(layer, single, single, [0, 30, 31, 32])
+    _check_storage(layer, _layer_mask(), single, single, None)
+
+
+def test_batch_operations_move_every_tensor() -> None:
+    layer = LeanKLayer(_layer_mask(), sink_size=SINK, recent_size=RECENT, flush_size=FLUSH)
+    keys = torch.randn(3, 5, 50, 32)
+    pad = torch.tensor([0, 2, 5])
+    _feed(layer, keys, keys, [0, 40, 41, 42])
+    layer.batch_select_indices(torch.tensor([2, 0]))
+    layer.batch_repeat_interleave(2)
+    layer.reorder_cache(torch.tensor([1, 3, 0, 2]))
+    rows = torch.tensor([2, 0, 2, 0])  # [2, 2, 0, 0] reordered by [1, 3, 0, 2]
+    assert layer.pad.tolist() == [0, 0, 0, 0]
+    _check_storage(layer, _layer_mask(), keys[rows], keys[rows], None)
+    layer.reset()
+    _feed(layer, keys, keys, [0, 40, 41], pad)
+    layer.batch_select_indices(torch.tensor([2]))
+    assert layer.pad.tolist() == [5]
+
+
+def test_misuse_is_reported() -> None:
+    layer = LeanKLayer(_layer_mask(), sink_size=SINK, recent_size=RECENT, flush_size=FLUSH)
+    keys = torch.randn(2, 5, 20, 32)
+    states, _ = layer.update(keys, keys)
+    with pytest.raises(LeanKUsageError, match="apply_leank"):
+        _ = states.shape
+    with pytest.raises(LeanKUsageError, match="updated twice"):
+        layer.update(keys, keys)
+    layer.finish_prefill(None)
+    with pytest.raises(LeanKUsageError, match="batch size 2"):
+        layer.update(keys[:1, :, :1], keys[:1, :, :1])
+    with pytest.raises(MaskError, match="KV heads"):
+        LeanKLayer(_layer_mask(), sink_size=1, recent_size=1, flush_size=1).update(keys[:, :4], keys[:, :4])
+    with pytest.raises(NotImplementedError, match="offloading"):
+        layer.offload()
+
+
+def test_cache_arguments_are_checked() -> None:
+    model = tiny_model("llama")
+    masks = random_masks(model.config)
+    with pytest.raises(MaskError, match="does not match"):
+        LeanKCache(random_masks(tiny_model("llama128").config, align=32), model.config)
+    with pytest.raises(LeanKUsageError, match="recent_size"):
+        LeanKCache(masks, model.config, recent_size=0)
+    with pytest.raises(LeanKUsageError, match="flush_size"):
+        LeanKCache(masks, model.config, flush_size=2.5)
+    with pytest.raises(LeanKUsageError, match="LeanKMasks"):
+        LeanKCache(masks.mask, model.config)
+
+
+def test_unsupported_layer_types_are_refused() -> None:
+    model = tiny_model("llama")
+    config = model.config
+    config.layer_types = ["full_attention", "chunked_attention", "full_attention"]
+    with pytest.raises(LeanKUsageError, match="'chunked_attention' layer"):
+        LeanKCache(random_masks(model.config), config)
+
+
+def test_sliding_window_model_with_pruning_mask_is_refused() -> None:
+    """A Mistral config with a sliding window makes every layer a sliding layer, which LeanK leaves unpruned."""
+    model = tiny_model("mistral", sliding_window=16)
+    masks = random_masks(model.config)
+    assert masks.mask.shape[0] == 3
+    with pytest.raises(MaskError, match="sliding-window layer"):
+        LeanKCache(masks, model.config)
+    full = LeanKMasks(torch.ones_like(masks.mask), align=32)
+    assert all(isinstance(layer, DynamicSlidingWindowLayer) for layer in LeanKCache(full, model.config).layers)
