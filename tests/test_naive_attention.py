@@ -1,0 +1,189 @@
+"""The PyTorch compact-key attention and the backend dispatcher, on hand-packed `CompactKV`s against dense math."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+from leank_hf.ops import decode_attention
+from leank_hf.ops.decode_attention import CompactKV, HeadLayout, leank_decode_attention, leank_decode_torch
+
+
+def _pack(keys, values, mask, pad, sink, query_start, boundaries, spare=5) -> CompactKV:
+    """Store a dense `[B, H, T, D]` history as a CompactKV, head by head; spare capacity is NaN."""
+    batch, num_heads, length, head_dim = keys.shape
+    layout = HeadLayout.from_mask(mask)
+    recent_start, num_mid = boundaries[0], boundaries[-1] - sink
+    num_recent = max(0, length - recent_start)
+    nan = float("nan")
+    full_keys = torch.full((batch, num_heads, sink + num_recent + spare, head_dim), nan, dtype=keys.dtype)
+    full_values = torch.full_like(full_keys, nan)
+    for row in range(batch):
+        for slot in range(sink):
+            source = int(pad[row]) + slot
+            for full, dense in ((full_keys, keys), (full_values, values)):
+                full[row, :, slot] = dense[row, :, source] if source < length else 0.0
+    full_keys[:, :, sink : sink + num_recent] = keys[:, :, recent_start:]
+    full_values[:, :, sink : sink + num_recent] = values[:, :, recent_start:]
+
+    mid_cap = num_mid + spare
+    mid_keys = torch.full((batch, mid_cap * int(mask.sum())), nan, dtype=keys.dtype)
+    mid_values = torch.full((batch, layout.num_value_heads, mid_cap, head_dim), nan, dtype=keys.dtype)
+    offset = 0
+    for position, head in enumerate(layout.storage_order.tolist()):
+        kept = mask[head].nonzero().flatten()
+        block = keys[:, head, sink : sink + num_mid][..., kept]  # [B, num_mid, width]
+        start = mid_cap * offset
+        mid_keys[:, start : start + num_mid * len(kept)] = block.reshape(batch, -1)
+        if len(kept):
+            mid_values[:, position, :num_mid] = values[:, head, sink : sink + num_mid]
+        offset += len(kept)
+    return CompactKV(
+        layout=layout,
+        full_keys=full_keys,
+        full_values=full_values,
+        sink_size=sink,
+        num_recent=num_recent,
+        recent_start=recent_start,
+        mid_keys=mid_keys,
+        mid_values=mid_values,
+        mid_cap=mid_cap,
+        num_mid=num_mid,
+        pad=torch.as_tensor(pad, dtype=torch.int64),
+        query_start=query_start,
+        boundaries=tuple(boundaries),
+    )
+
+
+def _dense_attention(query, keys, values, mask, pad, sink, query_start, boundaries, scale) -> torch.Tensor:
+    """The CompactKV reading rules over the dense history, one (row, query) pair at a time, in float64."""
+    batch, num_query_heads, num_rows, head_dim = query.shape
+    num_heads = keys.shape[1]
+    groups = num_query_heads // num_heads
+    keep = mask.to(torch.float64)
+    output = torch.zeros(batch, num_query_heads, num_rows, head_dim, dtype=torch.float64)
+    for b in range(batch):
+        for i in range(num_rows):
+            position, boundary = query_start + i, boundaries[i]
+            slots = torch.arange(position + 1)
+            readable = slots >= int(pad[b])
+            full = (slots < int(pad[b]) + sink) | (slots >= boundary)
+            for j in range(num_query_heads):
+                h = j // groups
+                q = query[b, j, i].double()
+                k = keys[b, h, : position + 1].double()
+                scores = torch.where(full, k @ q, (k * keep[h]) @ q) * scale
+                allowed = readable & (full | bool(keep[h].any()))
+                weights = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=0)
+                output[b, j, i] = weights @ values[b, h, : position + 1].double()
+    return output
+
+
+CASES = {
+    # name: (batch, kv heads, groups, head_dim, widths, sink, length, rows, pads, boundaries)
+    "decode": (2, 5, 3, 40, (16, 0, 40, 8, 24), 4, 61, 1, (0, 0), (45,)),
+    "decode-padded": (3, 5, 2, 40, (16, 0, 40, 8, 24), 4, 61, 1, (0, 7, 30), (45,)),
+    "chunk": (2, 4, 2, 32, (8, 0, 24, 8), 4, 64, 6, (3, 0), (45, 45, 48, 48, 48, 51)),
+    "short-sequence": (2, 4, 2, 32, (8, 0, 24, 8), 6, 5, 2, (0, 2), (6, 6)),
+    "no-sink": (1, 4, 1, 32, (8, 0, 24, 8), 0, 50, 3, (0,), (30, 33, 33)),
+    "no-middle": (2, 4, 2, 32, (8, 0, 24, 8), 4, 20, 1, (0, 1), (4,)),
+    "all-heads-zero": (2, 3, 2, 16, (0, 0, 0), 4, 40, 2, (0, 5), (20, 24)),
+    "all-channels-kept": (1, 3, 4, 16, (16, 16, 16), 4, 40, 1, (0,), (24,)),
+}
+
+
+def _case(name: str, dtype: torch.dtype, seed: int = 0):
+    batch, heads, groups, head_dim, widths, sink, length, rows, pads, boundaries = CASES[name]
+    generator = torch.Generator().manual_seed(seed)
+    mask = torch.zeros(heads, head_dim, dtype=torch.bool)
+    for head, width in enumerate(widths):
+        mask[head, torch.randperm(head_dim, generator=generator)[:width]] = True
+    keys = torch.randn(batch, heads, length, head_dim, generator=generator).to(dtype)
+    values = torch.randn(batch, heads, length, head_dim, generator=generator).to(dtype)
+    query = torch.randn(batch, heads * groups, rows, head_dim, generator=generator).to(dtype)
+    pad = torch.tensor(pads)
+    query_start = length - rows
+    kv = _pack(keys, values, mask, pad, sink, query_start, boundaries)
+    expected = _dense_attention(query, keys, values, mask, pad, sink, query_start, boundaries, head_dim**-0.5)
+    return query, kv, expected, head_dim**-0.5
+
+
+@pytest.mark.parametrize(
+    "dtype, atol, rtol",
+    [(torch.float32, 1e-5, 1e-5), (torch.float16, 2e-3, 2e-3), (torch.bfloat16, 1.6e-2, 1.6e-2)],
+    ids=["fp32", "fp16", "bf16"],
+)
+@pytest.mark.parametrize("name", list(CASES))
+def test_torch_path_matches_dense_rules(name: str, dtype: torch.dtype, atol: float, rtol: float) -> None:
+    query, kv, expected, scale = _case(name, dtype)
+    output = leank_decode_torch(query, kv, scale=scale)
+    assert output.dtype == dtype and output.shape == query.shape
+    torch.testing.assert_close(output.double(), expected, atol=atol, rtol=rtol)
+
+
+class _LargestAllocation(TorchDispatchMode):
+    """Records the largest tensor any operator allocates (views of existing tensors do not count)."""
+
+    def __init__(self):
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        result = func(*args, **kwargs)
+        inputs = [value for value in tree_flatten((args, kwargs))[0] if isinstance(value, torch.Tensor)]
+        seen = {tensor.untyped_storage().data_ptr() for tensor in inputs}
+        for tensor in tree_flatten(result)[0]:
+            if isinstance(tensor, torch.Tensor) and tensor.untyped_storage().data_ptr() not in seen:
+                self.largest = max(self.largest, tensor.numel())
+        return result
+
+
+def test_middle_keys_are_never_widened() -> None:
+    """No intermediate is as large as the full-width middle keys would be (fp32: the stored tensors are read as is)."""
+    batch, heads, head_dim, length = 1, 4, 64, 3000
+    mask = torch.zeros(heads, head_dim, dtype=torch.bool)
+    mask[0, :16], mask[1, :8], mask[3, :32] = True, True, True
+    keys, values = torch.randn(batch, heads, length, head_dim), torch.randn(batch, heads, length, head_dim)
+    kv = _pack(keys, values, mask, torch.zeros(1), 4, length - 1, (length - 20,))
+    with _LargestAllocation() as recorder:
+        leank_decode_torch(torch.randn(batch, 2 * heads, 1, head_dim), kv, scale=0.125)
+    assert recorder.largest < batch * heads * kv.num_mid * head_dim // 4
+
+
+def test_dispatcher_backends_on_cpu() -> None:
+    query, kv, expected, scale = _case("chunk", torch.float32)
+    for backend in ("auto", "torch"):
+        output = leank_decode_attention(query, kv, scale=scale, backend=backend)
+        torch.testing.assert_close(output.double(), expected, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="has to be one of"):
+        leank_decode_attention(query, kv, scale=scale, backend="cuda")
+
+
+def _import_failing(module: str, missing: str):
+    """`importlib.import_module` that fails on `module` as if module `missing` were not installed."""
+    real_import = importlib.import_module
+
+    def import_module(name, *args, **kwargs):
+        if name == module:
+            raise ModuleNotFoundError(f"No module named {missing!r}", name=missing)
+        return real_import(name, *args, **kwargs)
+
+    return import_module
+
+
+def test_triton_backend_falls_back_only_when_its_module_is_absent(monkeypatch) -> None:
+    query, kv, _, scale = _case("decode", torch.float32)
+    kernel_module = f"{decode_attention.__name__}.triton"
+    monkeypatch.setattr(decode_attention.importlib, "import_module", _import_failing(kernel_module, kernel_module))
+    assert decode_attention._triton_kernel(required=False) is None
+    with pytest.raises(ModuleNotFoundError):
+        leank_decode_attention(query, kv, scale=scale, backend="triton")
+    # The kernel module is there but cannot import one of its own dependencies: that is an error, not a fallback.
+    monkeypatch.setattr(decode_attention.importlib, "import_module", _import_failing(kernel_module, "triton"))
+    with pytest.raises(ModuleNotFoundError):
+        decode_attention._triton_kernel(required=False)
