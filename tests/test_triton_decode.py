@@ -1,32 +1,25 @@
 """The Triton decode kernel against an independent dense reference and the PyTorch compact path.
 
-Without CUDA the kernels run in Triton's interpreter on CPU tensors (TRITON_INTERPRET=1 must be set before the
-kernel module is imported; it is re-imported here if an earlier test module imported it compiled). With CUDA the
-same cases run compiled on the GPU, bf16 included.
+Without CUDA the kernels run in Triton's interpreter on CPU tensors (conftest.py sets TRITON_INTERPRET=1 before
+anything imports triton). With CUDA the same cases run compiled on the GPU, bf16 included.
 """
 
 from __future__ import annotations
 
-import importlib
 import math
-import os
 from dataclasses import dataclass
 
 import pytest
 import torch
 
+from leank_hf import LeanKMasks
+from leank_hf.errors import LeanKUsageError
+from leank_hf.ops.decode_attention import triton as triton_decode
+from leank_hf.ops.decode_attention.layout import CompactKV, HeadLayout
+
 HAS_CUDA = torch.cuda.is_available()
-if not HAS_CUDA:
-    os.environ["TRITON_INTERPRET"] = "1"
-
-from leank_hf import LeanKMasks  # noqa: E402
-from leank_hf.errors import LeanKUsageError  # noqa: E402
-from leank_hf.ops.decode_attention import triton as triton_decode  # noqa: E402
-from leank_hf.ops.decode_attention.layout import CompactKV, HeadLayout  # noqa: E402
-
 if not HAS_CUDA and not triton_decode._INTERPRETED:
-    triton_decode = importlib.reload(triton_decode)
-
+    raise RuntimeError("without CUDA these tests need TRITON_INTERPRET=1 set before triton is imported (conftest.py)")
 DEVICE = "cuda" if HAS_CUDA else "cpu"
 
 

@@ -1,10 +1,11 @@
-"""Triton decode attention over a LeanK cache: one launch reads exactly the stored bytes, a second merges splits.
+"""Triton decode attention over a LeanK cache: one launch reads exactly the stored bytes and merges the splits.
 
-The main launch has one program per `(split, batch row, KV head)`, KV heads ordered as stored (widest first, so the
+The launch has one program per `(split, batch row, KV head)`, KV heads ordered as stored (widest first, so the
 longest programs start first). Split 0 attends the full region (sinks + recent window, all channels); splits `1..S`
 each attend one chunk of the compact middle region, reading the head's contiguous `[T, width]` key block and its
 `[T, head_dim]` value block. All query heads of a GQA group form one tile, so every key byte is read once. Each
-program writes a normalised partial output and its log-sum-exp (base 2) in fp32; the merge launch combines them.
+program writes a normalised partial output and its log-sum-exp (base 2) in fp32, then bumps a per-(row, head)
+counter; the program that finishes last merges the parts of its query heads and resets the counter to zero.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from .layout import CompactKV
 _INTERPRETED = bool(knobs.runtime.interpret)
 _SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _LOG2E = 1.4426950408889634
+_MAX_SPLITS = 64
 
 
 @triton.jit
@@ -157,6 +159,41 @@ def _attend_middle(
     return m_i, l_i, acc
 
 
+@triton.jit
+def _merge_parts(
+    O_PART, LSE_PART, OUT, row0, num_parts,
+    G: tl.constexpr, G_POW: tl.constexpr, MERGE_S: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    # Query-head rows row0 .. row0 + G - 1 of O_PART [B * Hq, num_parts, HEAD_DIM], LSE_PART [B * Hq, num_parts] and
+    # OUT [B * Hq, HEAD_DIM]
+    o_g = tl.arange(0, G_POW)
+    o_s = tl.arange(0, MERGE_S)
+    o_d = tl.arange(0, BLOCK_D)
+    m_g = o_g < G
+    m_d = o_d < HEAD_DIM
+    rows = row0 + o_g
+    m_i = tl.full([G_POW], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([G_POW], dtype=tl.float32)
+    acc = tl.zeros([G_POW, BLOCK_D], dtype=tl.float32)
+    for start in range(0, num_parts, MERGE_S):
+        parts = start + o_s
+        m_gs = m_g[:, None] & (parts < num_parts)[None, :]
+        p_parts = rows[:, None] * num_parts + parts[None, :]  # [G_POW, MERGE_S]
+        lse = tl.load(LSE_PART + p_parts, mask=m_gs, other=float("-inf"), cache_modifier=".cg")
+        p_o = O_PART + p_parts[:, :, None] * HEAD_DIM + o_d[None, None, :]  # [G_POW, MERGE_S, BLOCK_D]
+        o = tl.load(p_o, mask=m_gs[:, :, None] & m_d[None, None, :], other=0.0, cache_modifier=".cg")
+        m_new = tl.maximum(m_i, tl.max(lse, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp2(m_i - m_safe)
+        weights = tl.exp2(lse - m_safe[:, None])  # 0 for parts without keys
+        l_i = l_i * alpha + tl.sum(weights, 1)
+        acc = acc * alpha[:, None] + tl.sum(weights[:, :, None] * o, 1)
+        m_i = m_new
+    out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
+    p_out = OUT + rows[:, None] * HEAD_DIM + o_d[None, :]
+    tl.store(p_out, out.to(OUT.dtype.element_ty), mask=m_g[:, None] & m_d[None, :])
+
+
 @triton.jit(
     do_not_specialize=[
         "sink_size",
@@ -167,21 +204,21 @@ def _attend_middle(
         "mid_cap",
         "num_mid",
         "split_len",
+        "num_parts",
     ]
 )
 def _leank_decode_kernel(
-    Q, FULL_K, FULL_V, MID_K, MID_V, PAD, WIDTHS, CHANNELS, OFFSETS, VALUE_SLOTS, STORAGE_ORDER, O_PART, LSE_PART,
+    Q, FULL_K, FULL_V, MID_K, MID_V, PAD, WIDTHS, CHANNELS, OFFSETS, VALUE_SLOTS, STORAGE_ORDER,
+    O_PART, LSE_PART, COUNTERS, OUT,
     stride_qb, stride_qh,
     stride_fkb, stride_fkh, stride_fkt,
     stride_fvb, stride_fvh, stride_fvt,
     stride_mkb,
     stride_mvb, stride_mvh, stride_mvt,
-    stride_ob, stride_oh, stride_os,
-    stride_lb, stride_lh,
     scale_log2,
-    sink_size, num_full, recent_start, query_pos, boundary, mid_cap, num_mid, split_len,
+    sink_size, num_full, recent_start, query_pos, boundary, mid_cap, num_mid, split_len, num_parts,
     G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    UPCAST: tl.constexpr, IEEE: tl.constexpr,
+    G_POW: tl.constexpr, MERGE_S: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,
 ):  # fmt: skip
     i_split = tl.program_id(0)
     i_b = tl.program_id(1).to(tl.int64)
@@ -257,45 +294,33 @@ def _leank_decode_kernel(
     has_keys = l_i > 0
     out = acc / tl.where(has_keys, l_i, 1.0)[:, None]
     lse = tl.where(has_keys, m_i + tl.log2(tl.where(has_keys, l_i, 1.0)), float("-inf"))
-    o_hq = (i_h * G + o_g).to(tl.int64)
-    p_o = O_PART + i_b * stride_ob + o_hq[:, None] * stride_oh + i_split * stride_os + o_d[None, :]
-    tl.store(p_o, out, mask=m_g[:, None] & m_d[None, :])
-    tl.store(LSE_PART + i_b * stride_lb + o_hq * stride_lh + i_split, lse, mask=m_g)
+    # O_PART [B, Hq, num_parts, HEAD_DIM] and LSE_PART [B, Hq, num_parts], both contiguous
+    row0 = (i_b * tl.num_programs(2) + i_h) * G  # first query head row of this (batch row, KV head)
+    o_part = (row0 + o_g) * num_parts + i_split  # [BLOCK_G] int64
+    tl.store(O_PART + o_part[:, None] * HEAD_DIM + o_d[None, :], out, mask=m_g[:, None] & m_d[None, :])
+    tl.store(LSE_PART + o_part, lse, mask=m_g)
+
+    # Every thread's stores precede the counter bump (release); the last program sees all parts (acquire).
+    tl.debug_barrier()
+    p_counter = COUNTERS + i_b * tl.num_programs(2) + i_h
+    if tl.atomic_add(p_counter, 1, sem="acq_rel") == num_parts - 1:
+        tl.atomic_xchg(p_counter, 0)
+        _merge_parts(O_PART, LSE_PART, OUT, row0, num_parts, G, G_POW, MERGE_S, HEAD_DIM, BLOCK_D)
 
 
-@triton.jit(do_not_specialize=["num_parts"])
-def _leank_merge_kernel(
-    O_PART, LSE_PART, OUT,
-    stride_ob, stride_oh, stride_os,
-    stride_lb, stride_lh,
-    stride_outb, stride_outh,
-    num_parts,
-    HEAD_DIM: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
-):  # fmt: skip
-    i_b = tl.program_id(0).to(tl.int64)
-    i_hq = tl.program_id(1).to(tl.int64)
-    o_s = tl.arange(0, BLOCK_S)
-    o_d = tl.arange(0, BLOCK_D)
-    m_d = o_d < HEAD_DIM
-    p_lse = LSE_PART + i_b * stride_lb + i_hq * stride_lh
-    p_o = O_PART + i_b * stride_ob + i_hq * stride_oh
-    m_i = tl.full([1], float("-inf"), dtype=tl.float32)
-    l_i = tl.zeros([1], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_D], dtype=tl.float32)
-    for start in range(0, num_parts, BLOCK_S):
-        m_s = start + o_s < num_parts
-        lse = tl.load(p_lse + start + o_s, mask=m_s, other=float("-inf"))  # [BLOCK_S]
-        o = tl.load(p_o + (start + o_s)[:, None] * stride_os + o_d[None, :], mask=m_s[:, None] & m_d[None, :])
-        m_new = tl.maximum(m_i, tl.max(lse, 0))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp2(m_i - m_safe)
-        weights = tl.exp2(lse - m_safe)  # 0 for empty parts
-        o = tl.where(weights[:, None] > 0, o, 0.0)
-        l_i = l_i * alpha + tl.sum(weights, 0)
-        acc = acc * alpha + tl.sum(weights[:, None] * o, 0)
-        m_i = m_new
-    out = acc / tl.where(l_i > 0, l_i, 1.0)
-    tl.store(OUT + i_b * stride_outb + i_hq * stride_outh + o_d, out.to(OUT.dtype.element_ty), mask=m_d)
+# Per (device, stream): int32 counters of finished programs per (batch row, KV head). Every launch leaves them at 0.
+_COUNTERS: dict[tuple[torch.device, int], torch.Tensor] = {}
+
+
+def _counters(device: torch.device, size: int) -> torch.Tensor:
+    """Zeroed counters for one launch, reused across launches on the same stream (the kernel resets them)."""
+    if device.type != "cuda":
+        return torch.zeros(size, dtype=torch.int32, device=device)
+    key = (device, torch.cuda.current_stream(device).cuda_stream)
+    counters = _COUNTERS.get(key)
+    if counters is None or counters.numel() < size:
+        counters = _COUNTERS[key] = torch.zeros(max(size, 1024), dtype=torch.int32, device=device)
+    return counters
 
 
 @functools.cache
@@ -308,12 +333,13 @@ def _choose_splits(
 ) -> tuple[int, int]:
     """Number of middle-region splits and their length in tokens (a multiple of `block_n`).
 
-    Enough programs to give every SM `ctas_per_sm` middle chunks, but no chunk shorter than 8 tiles.
+    Enough programs to give every SM `ctas_per_sm` middle chunks, but no chunk shorter than 8 tiles and at most
+    `_MAX_SPLITS` chunks (the merge of many parts costs more than the parallelism gains).
     """
     if num_mid <= 0 or busy_heads == 0:
         return 0, block_n
     wanted = math.ceil(num_sms * ctas_per_sm / (batch * busy_heads))
-    splits = max(1, min(wanted, math.ceil(num_mid / (8 * block_n))))
+    splits = max(1, min(wanted, _MAX_SPLITS, math.ceil(num_mid / (8 * block_n))))
     split_len = math.ceil(math.ceil(num_mid / splits) / block_n) * block_n
     return math.ceil(num_mid / split_len), split_len
 
@@ -383,7 +409,7 @@ def leank_decode_fwd(
     num_warps: int = 4,
     num_stages: int = 3,
 ) -> torch.Tensor:
-    """Launch the decode kernel and the split merge. See `leank_decode_triton`; the keywords tune the launch.
+    """Launch the decode kernel. See `leank_decode_triton`; the keywords tune the launch.
 
     Args:
         num_splits (`int`, *optional*):
@@ -408,43 +434,33 @@ def leank_decode_fwd(
         num_splits = math.ceil(kv.num_mid / split_len) if layout.num_value_heads else 0
     num_parts = num_splits + 1
 
-    partial_out = torch.empty(batch, num_q_heads, num_parts, head_dim, device=query.device, dtype=torch.float32)
-    partial_lse = torch.empty(batch, num_q_heads, num_parts, device=query.device, dtype=torch.float32)
+    partials = torch.empty(batch * num_q_heads * num_parts * (head_dim + 1), device=query.device, dtype=torch.float32)
+    partial_out, partial_lse = partials.split(batch * num_q_heads * num_parts * head_dim)
     out = torch.empty(batch, num_q_heads, 1, head_dim, device=query.device, dtype=query.dtype)
     block_d = triton.next_power_of_2(head_dim)
+    group_pow = triton.next_power_of_2(group)
     mid_values = kv.mid_values
     _leank_decode_kernel[(num_parts, batch, num_kv_heads)](
         query, kv.full_keys, kv.full_values, kv.mid_keys, mid_values, kv.pad,
         layout.widths, layout.channels, layout.offsets, layout.value_slots, layout.storage_order,
-        partial_out, partial_lse,
+        partial_out, partial_lse, _counters(query.device, batch * num_kv_heads), out,
         query.stride(0), query.stride(1),
         kv.full_keys.stride(0), kv.full_keys.stride(1), kv.full_keys.stride(2),
         kv.full_values.stride(0), kv.full_values.stride(1), kv.full_values.stride(2),
         kv.mid_keys.stride(0),
         mid_values.stride(0), mid_values.stride(1), mid_values.stride(2),
-        partial_out.stride(0), partial_out.stride(1), partial_out.stride(2),
-        partial_lse.stride(0), partial_lse.stride(1),
         scale * _LOG2E,
         kv.sink_size, kv.sink_size + kv.num_recent, kv.recent_start, kv.query_start, kv.boundaries[0],
-        kv.mid_cap, kv.num_mid, split_len,
-        G=group, HEAD_DIM=head_dim, BLOCK_G=max(16, triton.next_power_of_2(group)), BLOCK_N=block_n,
-        BLOCK_D=block_d, UPCAST=_INTERPRETED, IEEE=query.dtype == torch.float32,
-        num_warps=num_warps, num_stages=num_stages,
-    )  # fmt: skip
-    _leank_merge_kernel[(batch, num_q_heads)](
-        partial_out, partial_lse, out,
-        partial_out.stride(0), partial_out.stride(1), partial_out.stride(2),
-        partial_lse.stride(0), partial_lse.stride(1),
-        out.stride(0), out.stride(1),
-        num_parts,
-        HEAD_DIM=head_dim, BLOCK_S=16, BLOCK_D=block_d,
-        num_warps=4 if block_d >= 128 else 2,
+        kv.mid_cap, kv.num_mid, split_len, num_parts,
+        G=group, HEAD_DIM=head_dim, BLOCK_G=max(16, group_pow), BLOCK_N=block_n, BLOCK_D=block_d,
+        G_POW=group_pow, MERGE_S=max(1, 8192 // (group_pow * block_d)), UPCAST=_INTERPRETED,
+        IEEE=query.dtype == torch.float32, num_warps=num_warps, num_stages=num_stages,
     )  # fmt: skip
     return out
 
 
 def leank_decode_triton(query: torch.Tensor, kv: CompactKV, *, scale: float) -> torch.Tensor:
-    """Decode attention of one query row over a layer's LeanK cache, in one kernel launch plus a merge.
+    """Decode attention of one query row over a layer's LeanK cache, in one kernel launch.
 
     Args:
         query (`torch.Tensor`):

@@ -1,0 +1,134 @@
+"""Sweep launch settings of the LeanK decode kernel on a GPU (developer tool; the defaults live in the launcher).
+
+Usage: `python benchmarks/tune_kernel.py [--layers 0,10,20,31]`. Prints the host-side cost of one call, CUDA-graph
+timings (no host overhead) of the kernel against SDPA, then one line per (setting, point): mean kernel time over the
+layers, achieved bandwidth and its fraction of the measured copy bandwidth.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import itertools
+import statistics
+import time
+
+import torch
+import triton.testing
+
+from leank_hf import LeanKMasks
+from leank_hf.benchmarks.kernel import _bench, _layer_caches, _leank_bytes, copy_bandwidth_gbps
+from leank_hf.ops.decode_attention.triton import _check_inputs, _choose_splits, _sm_count, leank_decode_fwd
+
+POINTS = [(32768, 8), (32768, 1), (131072, 1), (32768, 32)]
+
+
+def host_us(fn, calls: int = 300) -> float:
+    """Host time per call in microseconds (GPU work must be shorter than that for this to mean anything)."""
+    fn()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    elapsed = time.perf_counter() - start
+    torch.cuda.synchronize()
+    return elapsed / calls * 1e6
+
+
+def report_host_cost(masks: LeanKMasks) -> None:
+    """Host cost of one call on a small problem (the GPU finishes first, so the host time is what is measured)."""
+    (kv,) = _layer_caches(masks, [10], 8192, 1, torch.bfloat16)
+    query = torch.randn(1, 32, 1, 128, device="cuda", dtype=torch.bfloat16)
+    call = host_us(functools.partial(leank_decode_fwd, query, kv, 0.1))
+    check = host_us(functools.partial(_check_inputs, query, kv))
+    alloc = host_us(functools.partial(torch.empty, 4096, device="cuda"))
+    print(f"host us/call: leank_decode_fwd {call:.1f}, _check_inputs {check:.1f}, torch.empty {alloc:.1f}", flush=True)
+
+
+def report_graph_times(masks: LeanKMasks, context: int, batch: int, copy_gbps: float) -> None:
+    """Graph-replay (no host overhead) and event times of the kernel on one layer, against SDPA's graph time."""
+    (kv,) = _layer_caches(masks, [10], context, batch, torch.bfloat16)
+    query = torch.randn(batch, 32, 1, 128, device="cuda", dtype=torch.bfloat16)
+    keys = torch.randn(batch, 8, context, 128, device="cuda", dtype=torch.bfloat16)
+    values = torch.randn_like(keys)
+    sdpa = functools.partial(torch.nn.functional.scaled_dot_product_attention, query, keys, values, enable_gqa=True)
+    with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.FLASH_ATTENTION):
+        sdpa_graph = triton.testing.do_bench_cudagraph(sdpa, rep=50, return_mode="median")
+    leank = functools.partial(leank_decode_fwd, query, kv, 0.1)
+    leank_graph = triton.testing.do_bench_cudagraph(leank, rep=50, return_mode="median")
+    leank_events = _bench(leank, 50)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as profile:
+        for _ in range(20):
+            leank()
+        torch.cuda.synchronize()
+    kernels = {
+        event.key: event.device_time_total / event.count for event in profile.key_averages() if "leank" in event.key
+    }
+    share = _leank_bytes(kv, batch, 2) / (leank_graph * 1e-3) / 1e9 / copy_gbps
+    print(
+        f"T={context:6d} B={batch:2d} layer 10: graph leank {leank_graph * 1e3:7.1f} us ({100 * share:3.0f}% of copy), "
+        f"events {leank_events * 1e3:7.1f} us; graph sdpa {sdpa_graph * 1e3:7.1f} us; "
+        f"speedup {sdpa_graph / leank_graph:.2f}x; per kernel us: "
+        + ", ".join(f"{name} {us:.1f}" for name, us in kernels.items()),
+        flush=True,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--layers", default="0,10,20,31")
+    parser.add_argument("--block-n", default="32,64,128")
+    parser.add_argument("--warps", default="4,8")
+    parser.add_argument("--stages", default="2,3,4")
+    parser.add_argument("--ctas-per-sm", default="2,4,8")
+    parser.add_argument("--no-sweep", action="store_true", help="only the host-cost and graph-time report")
+    args = parser.parse_args()
+    masks = LeanKMasks.from_pretrained("meta-llama/Llama-3.1-8B-Instruct")
+    layers = [int(x) for x in args.layers.split(",")]
+    copy_gbps = copy_bandwidth_gbps()
+    print(f"{torch.cuda.get_device_name()}  copy {copy_gbps:.0f} GB/s", flush=True)
+    report_host_cost(masks)
+    for context, batch in POINTS:
+        report_graph_times(masks, context, batch, copy_gbps)
+        torch.cuda.empty_cache()
+    if args.no_sweep:
+        return
+    query_scale = 128**-0.5
+    settings = list(
+        itertools.product(
+            [int(x) for x in args.block_n.split(",")],
+            [int(x) for x in args.warps.split(",")],
+            [int(x) for x in args.stages.split(",")],
+        )
+    )
+    ctas_options = [int(x) for x in args.ctas_per_sm.split(",")]
+    for context, batch in POINTS:
+        caches = _layer_caches(masks, layers, context, batch, torch.bfloat16)
+        query = torch.randn(batch, 32, 1, 128, device="cuda", dtype=torch.bfloat16)
+        nbytes = statistics.fmean(_leank_bytes(kv, batch, 2) for kv in caches)
+        for (block_n, warps, stages), ctas in itertools.product(settings, ctas_options):
+            splits = [
+                _choose_splits(batch, kv.layout.num_value_heads, kv.num_mid, block_n, _sm_count(0), ctas)[0]
+                for kv in caches
+            ]
+            try:
+                launch = functools.partial(
+                    leank_decode_fwd, query, scale=query_scale, block_n=block_n, num_warps=warps, num_stages=stages
+                )
+                times = [_bench(functools.partial(launch, kv, num_splits=s), 30) for kv, s in zip(caches, splits)]
+            except Exception as error:  # noqa: BLE001 - report settings the compiler rejects and go on
+                print(f"T={context} B={batch} bn={block_n} w={warps} s={stages} c={ctas}: {type(error).__name__}")
+                continue
+            ms = statistics.fmean(times)
+            gbps = nbytes / (ms * 1e-3) / 1e9
+            print(
+                f"T={context:6d} B={batch:2d} bn={block_n:3d} w={warps} s={stages} c={ctas} splits={splits[0]:3d} "
+                f"{ms * 1e3:8.1f} us {gbps:6.0f} GB/s {100 * gbps / copy_gbps:4.0f}%",
+                flush=True,
+            )
+        del caches
+        torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()

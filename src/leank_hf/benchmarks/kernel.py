@@ -1,0 +1,332 @@
+"""GPU benchmark of one decode-attention step: the LeanK Triton kernel against dense decode attention.
+
+Shapes are Llama-3.1-8B's (32 query / 8 KV heads, head_dim 128) with a LeanK mask (the authors' Llama mask by
+default); every layer of the mask gets its own LeanK cache of the same context, and dense attention reads the full
+`[B, 8, T, 128]` cache. Two timings per method, both medians after warm-up:
+
+- events: CUDA events around each call, L2 flushed before each repetition (`triton.testing.do_bench`); a call whose
+  host-side launch cost exceeds the flush shows that cost too;
+- graph: replays of a CUDA graph of the calls (`triton.testing.do_bench_cudagraph`), the GPU time alone.
+
+Bandwidth counts the cache bytes each method must read, over the graph time.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from ..errors import LeanKUsageError
+from ..masks import LeanKMasks
+from ..ops.decode_attention.layout import CompactKV, HeadLayout
+
+NUM_Q_HEADS = 32  # Llama-3.1-8B
+NUM_KV_HEADS = 8
+HEAD_DIM = 128
+
+
+@dataclass
+class KernelResult:
+    """One (context, batch) point: LeanK kernel time (mean over layers) against dense baselines."""
+
+    context: int
+    batch: int
+    layers: int
+    leank_ms: float
+    leank_graph_ms: float
+    sdpa_ms: float
+    sdpa_graph_ms: float
+    flash_attn_ms: float | None
+    flash_attn_graph_ms: float | None
+    speedup_vs_sdpa: float
+    speedup_vs_sdpa_graph: float
+    speedup_vs_flash_attn_graph: float | None
+    bytes_limit_speedup: float
+    leank_gbps: float
+    leank_copy_fraction: float
+    sdpa_gbps: float
+    leank_bytes: int
+    dense_bytes: int
+
+
+def _bench(fn: Callable[[], object], rep_ms: int) -> float:
+    import triton.testing
+
+    return float(triton.testing.do_bench(fn, warmup=max(5, rep_ms // 4), rep=rep_ms, return_mode="median"))
+
+
+def _bench_both(fn: Callable[[], object], rep_ms: int) -> tuple[float, float]:
+    """`(events_ms, graph_ms)` medians of `fn`."""
+    import triton.testing
+
+    graph_ms = float(triton.testing.do_bench_cudagraph(fn, rep=rep_ms, return_mode="median"))
+    return _bench(fn, rep_ms), graph_ms
+
+
+def host_us_per_call(fn: Callable[[], object], calls: int = 200) -> float:
+    """Host time of one call in microseconds, for a call whose GPU work is shorter than its launch cost."""
+    fn()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    elapsed = time.perf_counter() - start
+    torch.cuda.synchronize()
+    return elapsed / calls * 1e6
+
+
+def copy_bandwidth_gbps(size_bytes: int = 2 << 30, rep_ms: int = 100) -> float:
+    """Device-to-device copy bandwidth in GB/s (bytes read plus bytes written), the ceiling of a memory-bound kernel."""
+    src = torch.randn(size_bytes // 4, device="cuda")
+    dst = torch.empty_like(src)
+    ms = _bench(functools.partial(dst.copy_, src), rep_ms)
+    return 2 * size_bytes / (ms * 1e-3) / 1e9
+
+
+def _window(context: int, sink: int, recent: int, flush: int) -> tuple[int, int]:
+    """`(boundary, num_recent)` of a decode step with `context` cached slots (DESIGN.md's flush rule)."""
+    boundary = max(sink, sink + flush * (max(0, context - sink - recent) // flush))
+    return boundary, context - boundary
+
+
+def _layer_caches(
+    masks: LeanKMasks, layers: Sequence[int], context: int, batch: int, dtype: torch.dtype
+) -> list[CompactKV]:
+    """A LeanK cache of `context` slots per layer; middle buffers are shared views of one allocation (random data)."""
+    sink, recent, flush = masks.sink_size, masks.recent_size, masks.flush_size
+    boundary, num_recent = _window(context, sink, recent, flush)
+    num_mid = boundary - sink
+    layouts = [HeadLayout.from_mask(masks.mask[layer]).to("cuda") for layer in layers]
+    max_width = max(layout.total_width for layout in layouts)
+    max_value_heads = max(layout.num_value_heads for layout in layouts)
+    full_keys = torch.randn(batch, NUM_KV_HEADS, sink + recent + flush, HEAD_DIM, device="cuda", dtype=dtype)
+    full_values = torch.randn_like(full_keys)
+    mid_keys = torch.randn(batch, num_mid * max_width, device="cuda", dtype=dtype)
+    mid_values = torch.randn(batch, max_value_heads, num_mid, HEAD_DIM, device="cuda", dtype=dtype)
+    pad = torch.zeros(batch, dtype=torch.int64, device="cuda")
+    return [
+        CompactKV(
+            layout=layout,
+            full_keys=full_keys,
+            full_values=full_values,
+            sink_size=sink,
+            num_recent=num_recent,
+            recent_start=boundary,
+            mid_keys=mid_keys[:, : num_mid * layout.total_width],
+            mid_values=mid_values[:, : layout.num_value_heads],
+            mid_cap=num_mid,
+            num_mid=num_mid,
+            pad=pad,
+            query_start=context - 1,
+            boundaries=(boundary,),
+        )
+        for layout in layouts
+    ]
+
+
+def _leank_bytes(kv: CompactKV, batch: int, element: int) -> int:
+    full = batch * NUM_KV_HEADS * (kv.sink_size + kv.num_recent) * HEAD_DIM * 2
+    middle = batch * kv.num_mid * (kv.layout.total_width + kv.layout.num_value_heads * HEAD_DIM)
+    return (full + middle + batch * NUM_Q_HEADS * HEAD_DIM) * element
+
+
+def _flash_attn_with_kvcache() -> Callable[..., torch.Tensor] | None:
+    try:
+        from flash_attn import flash_attn_with_kvcache
+    except ImportError:
+        return None
+    return flash_attn_with_kvcache
+
+
+def bench_point(
+    masks: LeanKMasks,
+    layers: Sequence[int],
+    context: int,
+    batch: int,
+    *,
+    dtype: torch.dtype = torch.bfloat16,
+    copy_gbps: float,
+    rep_ms: int = 40,
+) -> KernelResult:
+    """Time the LeanK kernel on every layer in `layers` and dense decode attention on the same context."""
+    from ..ops.decode_attention.triton import leank_decode_triton
+
+    element = torch.finfo(dtype).bits // 8
+    scale = HEAD_DIM**-0.5
+    query = torch.randn(batch, NUM_Q_HEADS, 1, HEAD_DIM, device="cuda", dtype=dtype)
+    caches = _layer_caches(masks, layers, context, batch, dtype)
+    leank_times = [_bench_both(functools.partial(leank_decode_triton, query, kv, scale=scale), rep_ms) for kv in caches]
+    leank_ms = statistics.fmean(t[0] for t in leank_times)
+    leank_graph_ms = statistics.fmean(t[1] for t in leank_times)
+    leank_bytes = statistics.fmean(_leank_bytes(kv, batch, element) for kv in caches)
+    caches.clear()
+    torch.cuda.empty_cache()
+    dense_bytes = (2 * batch * NUM_KV_HEADS * context * HEAD_DIM + batch * NUM_Q_HEADS * HEAD_DIM) * element
+    sdpa_ms, sdpa_graph_ms, flash_ms, flash_graph_ms = _bench_dense(query, context, scale, rep_ms)
+    leank_gbps = leank_bytes / (leank_graph_ms * 1e-3) / 1e9
+    return KernelResult(
+        context=context,
+        batch=batch,
+        layers=len(layers),
+        leank_ms=leank_ms,
+        leank_graph_ms=leank_graph_ms,
+        sdpa_ms=sdpa_ms,
+        sdpa_graph_ms=sdpa_graph_ms,
+        flash_attn_ms=flash_ms,
+        flash_attn_graph_ms=flash_graph_ms,
+        speedup_vs_sdpa=sdpa_ms / leank_ms,
+        speedup_vs_sdpa_graph=sdpa_graph_ms / leank_graph_ms,
+        speedup_vs_flash_attn_graph=flash_graph_ms / leank_graph_ms if flash_graph_ms else None,
+        bytes_limit_speedup=dense_bytes / leank_bytes,
+        leank_gbps=leank_gbps,
+        leank_copy_fraction=leank_gbps / copy_gbps,
+        sdpa_gbps=dense_bytes / (sdpa_graph_ms * 1e-3) / 1e9,
+        leank_bytes=int(leank_bytes),
+        dense_bytes=dense_bytes,
+    )
+
+
+def _flash_sdpa(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scale: float) -> torch.Tensor:
+    """SDPA decode restricted to the flash backend, GQA without repeating K/V."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+        return torch.nn.functional.scaled_dot_product_attention(query, keys, values, scale=scale, enable_gqa=True)
+
+
+def _bench_dense(
+    query: torch.Tensor, context: int, scale: float, rep_ms: int
+) -> tuple[float, float, float | None, float | None]:
+    """`(sdpa_ms, sdpa_graph_ms, flash_attn_ms, flash_attn_graph_ms)` on a dense cache of `context` tokens."""
+    batch = query.shape[0]
+    keys = torch.randn(batch, NUM_KV_HEADS, context, HEAD_DIM, device="cuda", dtype=query.dtype)
+    values = torch.randn_like(keys)
+    sdpa_ms, sdpa_graph_ms = _bench_both(functools.partial(_flash_sdpa, query, keys, values, scale), rep_ms)
+    flash_attn_with_kvcache = _flash_attn_with_kvcache()
+    if flash_attn_with_kvcache is None:
+        return sdpa_ms, sdpa_graph_ms, None, None
+    # flash-attn takes [B, T, H, D]
+    q, k, v = (x.transpose(1, 2).contiguous() for x in (query, keys, values))
+    keys = values = None
+    flash_ms, flash_graph_ms = _bench_both(
+        functools.partial(flash_attn_with_kvcache, q, k, v, softmax_scale=scale), rep_ms
+    )
+    return sdpa_ms, sdpa_graph_ms, flash_ms, flash_graph_ms
+
+
+def _fits(context: int, batch: int, dtype: torch.dtype) -> bool:
+    """Dense K/V plus the LeanK buffers (at most as large) must fit in free memory with room to spare."""
+    dense = 2 * batch * NUM_KV_HEADS * context * HEAD_DIM * torch.finfo(dtype).bits // 8
+    free, _ = torch.cuda.mem_get_info()
+    return 2 * dense < 0.85 * free
+
+
+def measure_host_cost(masks: LeanKMasks, dtype: torch.dtype = torch.bfloat16) -> dict[str, float]:
+    """Host microseconds per call of the LeanK kernel and of SDPA on a small problem (8K tokens, batch 1, layer 0)."""
+    from ..ops.decode_attention.triton import leank_decode_triton
+
+    (kv,) = _layer_caches(masks, [0], 8192, 1, dtype)
+    query = torch.randn(1, NUM_Q_HEADS, 1, HEAD_DIM, device="cuda", dtype=dtype)
+    keys = torch.randn(1, NUM_KV_HEADS, 8192, HEAD_DIM, device="cuda", dtype=dtype)
+    return {
+        "leank_host_us": host_us_per_call(functools.partial(leank_decode_triton, query, kv, scale=0.1)),
+        "sdpa_host_us": host_us_per_call(functools.partial(_flash_sdpa, query, keys, keys, 0.1)),
+    }
+
+
+def format_table(results: Sequence[KernelResult], meta: dict[str, object]) -> str:
+    """A markdown table of the results, with the device, copy bandwidth and host cost above it."""
+
+    def fmt(value: float | None, spec: str) -> str:
+        return "-" if value is None else format(value, spec)
+
+    lines = [
+        f"Decode attention, Llama-3.1-8B shapes (32 q / 8 KV heads, d=128), bf16, {meta['device']}; copy bandwidth "
+        f"{meta['copy_gbps']:.0f} GB/s; host cost per call: LeanK {meta['leank_host_us']:.0f} us, "
+        f"SDPA {meta['sdpa_host_us']:.0f} us. LeanK = mean over {meta['layers']} layers of the mask. "
+        "ms = events (L2 flushed) / graph replay; GB/s and % of copy from the graph time.",
+        "",
+        "| context | batch | LeanK ms | SDPA ms | flash-attn ms | speedup vs SDPA | bytes limit | LeanK GB/s "
+        "| % of copy |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        flash = f"{fmt(r.flash_attn_ms, '.3f')} / {fmt(r.flash_attn_graph_ms, '.3f')}"
+        lines.append(
+            f"| {r.context} | {r.batch} | {r.leank_ms:.3f} / {r.leank_graph_ms:.3f} "
+            f"| {r.sdpa_ms:.3f} / {r.sdpa_graph_ms:.3f} | {flash} "
+            f"| {r.speedup_vs_sdpa:.2f}x / {r.speedup_vs_sdpa_graph:.2f}x | {r.bytes_limit_speedup:.2f}x "
+            f"| {r.leank_gbps:.0f} | {100 * r.leank_copy_fraction:.0f}% |"
+        )
+    return "\n".join(lines)
+
+
+def run_kernel_benchmark(
+    *,
+    masks: LeanKMasks,
+    contexts: Sequence[int],
+    batches: Sequence[int],
+    layers: Sequence[int] | None = None,
+    out_dir: str | Path | None = None,
+    rep_ms: int = 40,
+) -> tuple[list[KernelResult], dict[str, object], str]:
+    """Run every (context, batch) point that fits in memory; save json + md under `out_dir` if given.
+
+    Returns:
+        `(results, meta, table)`: `meta` holds the device, versions, copy bandwidth and host cost per call.
+    """
+    import triton
+
+    if not torch.cuda.is_available():
+        raise LeanKUsageError("the kernel benchmark needs a CUDA GPU; none is visible to torch")
+    if tuple(masks.mask.shape[1:]) != (NUM_KV_HEADS, HEAD_DIM):
+        raise LeanKUsageError(
+            f"the kernel benchmark uses Llama-3.1-8B shapes ({NUM_KV_HEADS} KV heads, head_dim {HEAD_DIM}); the mask "
+            f"has shape {tuple(masks.mask.shape)}"
+        )
+    layers = list(range(masks.num_layers)) if layers is None else list(layers)
+    copy_gbps = copy_bandwidth_gbps()
+    meta: dict[str, object] = {
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "timestamp": time.strftime("%Y%m%d-%H%M%S"),
+        "mask": masks.base_model,
+        "layers": len(layers),
+        "copy_gbps": copy_gbps,
+        **measure_host_cost(masks),
+    }
+    results = [
+        bench_point(masks, layers, context, batch, copy_gbps=copy_gbps, rep_ms=rep_ms)
+        for context in contexts
+        for batch in batches
+        if _fits(context, batch, torch.bfloat16)
+    ]
+    table = format_table(results, meta)
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        stem = out_dir / f"kernel_{meta['timestamp']}"
+        payload = {"meta": meta, "results": [asdict(r) for r in results]}
+        stem.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
+        stem.with_suffix(".md").write_text(table + "\n")
+    return results, meta, table
+
+
+def parse_sizes(text: str) -> list[int]:
+    """`"8K,32K,128K"` or `"1,8,32"` -> ints (K = 1024)."""
+    sizes = []
+    for item in text.split(","):
+        item = item.strip().upper()
+        factor = 1024 if item.endswith("K") else 1
+        sizes.append(int(item.rstrip("K")) * factor)
+    if any(size <= 0 for size in sizes) or not sizes:
+        raise LeanKUsageError(f"expected a comma-separated list of positive sizes like 8K,32K, got {text!r}")
+    return sizes
