@@ -1,0 +1,97 @@
+"""Benchmarks behind `leank-hf bench`: memory, CPU decode and GPU kernel/generate timings.
+
+A benchmark builds a `BenchmarkResult`, which prints as a markdown table and saves to
+`benchmarks/results/<name>.json` (rows, raw numbers, settings, environment) and `<name>.md` (the table and the command
+that made it).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import subprocess
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+RESULTS_DIR = Path("benchmarks") / "results"
+
+
+@dataclass
+class BenchmarkResult:
+    """One benchmark run.
+
+    Args:
+        name (`str`): file stem of the saved results, e.g. `"memory"`.
+        title (`str`): heading of the markdown file.
+        columns (`list[str]`): table header.
+        rows (`list[list[Any]]`): table cells, already formatted for display.
+        data (`list[dict[str, Any]]`): the raw numbers behind the rows, saved to json.
+        settings (`dict[str, Any]`): the benchmark's parameters.
+        notes (`list[str]`): lines printed under the table.
+    """
+
+    name: str
+    title: str
+    columns: list[str]
+    rows: list[list[Any]]
+    data: list[dict[str, Any]]
+    settings: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+
+    def table(self) -> str:
+        """The rows as a markdown table."""
+        lines = ["| " + " | ".join(self.columns) + " |", "|" + "---|" * len(self.columns)]
+        lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in self.rows]
+        return "\n".join(lines)
+
+    def markdown(self, command: str) -> str:
+        """Heading, command, table and notes, as saved in the `.md` file."""
+        parts = [f"## {self.title}", "", f"`{command}`", "", self.table()]
+        if self.notes:
+            parts += ["", *self.notes]
+        return "\n".join(parts) + "\n"
+
+    def save(self, directory: str | os.PathLike = RESULTS_DIR, command: str = "") -> tuple[Path, Path]:
+        """Write `<name>.json` and `<name>.md` into `directory`; return their paths."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        json_path, markdown_path = directory / f"{self.name}.json", directory / f"{self.name}.md"
+        payload = {"command": command, "environment": environment(), **asdict(self)}
+        json_path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+        markdown_path.write_text(self.markdown(command))
+        return json_path, markdown_path
+
+
+def environment() -> dict[str, Any]:
+    """Versions, hardware and commit, recorded with every result."""
+    import transformers
+
+    from .. import __version__
+
+    info: dict[str, Any] = {
+        "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "leank_hf": __version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+    }
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
+        info["commit"] = commit.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        info["commit"] = None
+    return info
+
+
+def mib(size: int) -> str:
+    """Bytes as MiB with one decimal, for tables."""
+    return f"{size / 2**20:,.1f}"
