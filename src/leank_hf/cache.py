@@ -22,8 +22,10 @@ from .ops.decode_attention.layout import CompactKV, HeadLayout
 
 # Tokens written to the middle region per `index_copy_`: bounds the index tensor on long prompts.
 _WRITE_CHUNK = 4096
-# Middle-region capacity grows by at least this fraction when full.
+# Middle-region capacity grows by this fraction when full, by at least one and at most `_MAX_GROWTH` flushes: large
+# caches keep little spare room, and a growth (a copy of the region) still comes at most every few hundred tokens.
 _GROWTH = 0.25
+_MAX_GROWTH = 16
 
 _NOT_SWITCHED = (
     "this model's attention received the compact keys of a LeanKCache, which only the LeanK attention can read; "
@@ -355,8 +357,10 @@ class LeanKLayer(CacheLayerMixin):
     def _ensure_mid_capacity(self, tokens: int) -> None:
         if tokens <= self.mid_cap:
             return
-        capacity = max(tokens, math.ceil(self.mid_cap * (1 + _GROWTH)))
-        capacity = -(-capacity // self.flush_size) * self.flush_size
+        flush = self.flush_size
+        growth = min(max(math.ceil(self.mid_cap * _GROWTH), flush), _MAX_GROWTH * flush)
+        capacity = max(tokens, self.mid_cap + growth)
+        capacity = -(-capacity // flush) * flush
         layout = self.layout
         keys = self.mid_keys.new_empty(self.batch, capacity * layout.total_width)
         values = self.mid_values.new_empty(self.batch, layout.num_value_heads, capacity, layout.head_dim)
