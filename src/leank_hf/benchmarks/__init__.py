@@ -52,8 +52,8 @@ class BenchmarkResult:
     def markdown(self, command: str) -> str:
         """Heading, command, table and notes, as saved in the `.md` file."""
         parts = [f"## {self.title}", "", f"`{command}`", "", self.table()]
-        if self.notes:
-            parts += ["", *self.notes]
+        for note in self.notes:
+            parts += ["", note]
         return "\n".join(parts) + "\n"
 
     def save(self, directory: str | os.PathLike = RESULTS_DIR, command: str = "") -> tuple[Path, Path]:

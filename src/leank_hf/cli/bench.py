@@ -1,0 +1,96 @@
+"""`leank-hf bench <benchmark>`: run a benchmark, print its table, save json + markdown under benchmarks/results/.
+
+Each benchmark is one `add_<name>(benchmarks)` function in `BENCHMARKS`: it adds its parser, with `add_output_options`,
+and sets `run` to a function of the parsed arguments that returns a `BenchmarkResult`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+import torch
+
+from ..benchmarks import RESULTS_DIR, BenchmarkResult
+
+
+def _sizes(text: str) -> list[int]:
+    """`"8k,16384"` -> `[8192, 16384]`."""
+    sizes = []
+    for item in text.split(","):
+        item = item.strip().lower()
+        sizes.append(int(item[:-1]) * 1024 if item.endswith("k") else int(item))
+    return sizes
+
+
+def add_output_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--output-dir", default=str(RESULTS_DIR), help="where to save results (default: %(default)s)")
+    parser.add_argument("--no-save", action="store_true", help="print the table only")
+
+
+def add_memory(benchmarks: argparse._SubParsersAction) -> None:
+    from ..benchmarks.memory import DEFAULT_TOKENS, MODELS, run_memory_benchmark
+
+    parser = benchmarks.add_parser(
+        "memory",
+        help="KV-cache bytes, DynamicCache vs LeanKCache, with the shipped masks",
+        description="KV-cache bytes of a DynamicCache and a LeanKCache filled with the same tokens (bf16, batch 1) "
+        "at real models' attention shapes, per region.",
+    )
+    parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
+    parser.add_argument("--tokens", type=_sizes, default=list(DEFAULT_TOKENS), help="e.g. 8k,32k,128k")
+    parser.add_argument(
+        "--device",
+        choices=["meta", "cpu", "cuda"],
+        default="meta",
+        help="meta: real shapes, no data, no memory (default); cpu/cuda: random values",
+    )
+    add_output_options(parser)
+    parser.set_defaults(run=lambda args: run_memory_benchmark(args.models, args.tokens, args.device))
+
+
+def add_decode(benchmarks: argparse._SubParsersAction) -> None:
+    from ..benchmarks.decode_cpu import DEFAULT_CONTEXTS, run_decode_benchmark
+
+    parser = benchmarks.add_parser(
+        "decode",
+        help="decode-step time, LeanK vs DynamicCache + sdpa, on the same random model",
+        description="Decode-step time of LeanK (PyTorch path) and DynamicCache + sdpa at several context lengths.",
+    )
+    parser.add_argument("--device", choices=["cpu"], default="cpu", help="only cpu here (GPU: `bench kernel`)")
+    parser.add_argument("--contexts", type=_sizes, default=list(DEFAULT_CONTEXTS), help="e.g. 1k,8k")
+    parser.add_argument("--layers", type=int, default=4, help="decoder layers of the random model")
+    parser.add_argument("--steps", type=int, default=64, help="measured decode steps per point")
+    parser.add_argument("--warmup", type=int, default=4)
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    add_output_options(parser)
+    parser.set_defaults(
+        run=lambda args: run_decode_benchmark(
+            args.contexts, args.layers, args.steps, args.warmup, getattr(torch, args.dtype), args.threads
+        )
+    )
+
+
+BENCHMARKS = (add_memory, add_decode)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("bench", help="benchmarks (memory, decode, ...)")
+    benchmarks = parser.add_subparsers(dest="benchmark", required=True)
+    for add in BENCHMARKS:
+        add(benchmarks)
+    parser.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    result: BenchmarkResult = args.run(args)
+    print(result.table())
+    for note in result.notes:
+        print(f"\n{note}")
+    if not args.no_save:
+        command = shlex.join(["leank-hf", *sys.argv[1:]])
+        for path in result.save(args.output_dir, command=command):
+            print(f"saved {path}")
+    return 0
