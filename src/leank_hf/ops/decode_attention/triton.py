@@ -30,7 +30,7 @@ _MAX_SPLITS = 64
 
 
 @triton.jit
-def _online_softmax_step(scores, valid, v, m_i, l_i, acc, UPCAST: tl.constexpr, IEEE: tl.constexpr):
+def _online_softmax_step(scores, valid, v, m_i, l_i, acc, DOT_PRECISION: tl.constexpr):
     # scores [BLOCK_G, BLOCK_N] fp32 (log2 domain), valid [BLOCK_N], v [BLOCK_N, BLOCK_D]
     scores = tl.where(valid[None, :], scores, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(scores, 1))
@@ -38,25 +38,8 @@ def _online_softmax_step(scores, valid, v, m_i, l_i, acc, UPCAST: tl.constexpr, 
     alpha = tl.exp2(m_i - m_safe)
     p = tl.exp2(scores - m_safe[:, None])
     l_i = l_i * alpha + tl.sum(p, 1)
-    if UPCAST:
-        pv = tl.dot(p, v)
-    elif IEEE:
-        pv = tl.dot(p, v, input_precision="ieee")
-    else:
-        pv = tl.dot(p.to(v.dtype), v)
-    acc = acc * alpha[:, None] + pv
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
     return m_new, l_i, acc
-
-
-@triton.jit
-def _dot_qk(q, k, UPCAST: tl.constexpr, IEEE: tl.constexpr):
-    # q [BLOCK_G, P], k [BLOCK_N, P] -> [BLOCK_G, BLOCK_N] fp32
-    if UPCAST:
-        return tl.dot(q, tl.trans(k))
-    elif IEEE:
-        return tl.dot(q, tl.trans(k), input_precision="ieee")
-    else:
-        return tl.dot(q, tl.trans(k))
 
 
 @triton.jit
@@ -80,13 +63,13 @@ def _middle_part_scores(
     OFF: tl.constexpr,
     P: tl.constexpr,
     UPCAST: tl.constexpr,
-    IEEE: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
 ):
     # Keys of one tile are a contiguous [BLOCK_N, W] block; this reads its columns OFF .. OFF + P.
     k = tl.load(p_k + o_n[:, None] * W + OFF + tl.arange(0, P)[None, :], mask=valid[:, None], other=0.0)
     if UPCAST:
         k = k.to(tl.float32)
-    return scores + _dot_qk(q, k, UPCAST, IEEE)
+    return scores + tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
 
 
 @triton.jit
@@ -109,7 +92,7 @@ def _attend_middle(
     BLOCK_D: tl.constexpr,
     HEAD_DIM: tl.constexpr,
     UPCAST: tl.constexpr,
-    IEEE: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
 ):
     # A width W (multiple of 16) is read as power-of-two column parts, e.g. 96 = 64 + 32, each fully vectorised.
     P256: tl.constexpr = W & 256
@@ -141,19 +124,19 @@ def _attend_middle(
         valid = start + o_n < t_stop
         scores = tl.zeros([BLOCK_G, BLOCK_N], dtype=tl.float32)
         if P256:
-            scores = _middle_part_scores(scores, q256, p_k_tile, o_n, valid, W, 0, 256, UPCAST, IEEE)
+            scores = _middle_part_scores(scores, q256, p_k_tile, o_n, valid, W, 0, 256, UPCAST, DOT_PRECISION)
         if P128:
-            scores = _middle_part_scores(scores, q128, p_k_tile, o_n, valid, W, O128, 128, UPCAST, IEEE)
+            scores = _middle_part_scores(scores, q128, p_k_tile, o_n, valid, W, O128, 128, UPCAST, DOT_PRECISION)
         if P64:
-            scores = _middle_part_scores(scores, q64, p_k_tile, o_n, valid, W, O64, 64, UPCAST, IEEE)
+            scores = _middle_part_scores(scores, q64, p_k_tile, o_n, valid, W, O64, 64, UPCAST, DOT_PRECISION)
         if P32:
-            scores = _middle_part_scores(scores, q32, p_k_tile, o_n, valid, W, O32, 32, UPCAST, IEEE)
+            scores = _middle_part_scores(scores, q32, p_k_tile, o_n, valid, W, O32, 32, UPCAST, DOT_PRECISION)
         if P16:
-            scores = _middle_part_scores(scores, q16, p_k_tile, o_n, valid, W, O16, 16, UPCAST, IEEE)
+            scores = _middle_part_scores(scores, q16, p_k_tile, o_n, valid, W, O16, 16, UPCAST, DOT_PRECISION)
         v = tl.load(p_v_tile + o_n[:, None] * stride_vt + o_d[None, :], mask=valid[:, None] & m_d[None, :], other=0.0)
         if UPCAST:
             v = v.to(tl.float32)
-        m_i, l_i, acc = _online_softmax_step(scores * scale_log2, valid, v, m_i, l_i, acc, UPCAST, IEEE)
+        m_i, l_i, acc = _online_softmax_step(scores * scale_log2, valid, v, m_i, l_i, acc, DOT_PRECISION)
         p_k_tile += BLOCK_N * W
         p_v_tile += BLOCK_N * stride_vt
     return m_i, l_i, acc
@@ -218,7 +201,7 @@ def _leank_decode_kernel(
     scale_log2,
     sink_size, num_full, recent_start, query_pos, boundary, mid_cap, num_mid, split_len, num_parts,
     G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    G_POW: tl.constexpr, MERGE_S: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,
+    G_POW: tl.constexpr, MERGE_S: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):  # fmt: skip
     i_split = tl.program_id(0)
     i_b = tl.program_id(1).to(tl.int64)
@@ -253,8 +236,8 @@ def _leank_decode_kernel(
             if UPCAST:
                 k = k.to(tl.float32)
                 v = v.to(tl.float32)
-            scores = _dot_qk(q, k, UPCAST, IEEE) * scale_log2
-            m_i, l_i, acc = _online_softmax_step(scores, valid, v, m_i, l_i, acc, UPCAST, IEEE)
+            scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale_log2
+            m_i, l_i, acc = _online_softmax_step(scores, valid, v, m_i, l_i, acc, DOT_PRECISION)
     else:
         # Middle chunk: index t is global slot sink_size + t; valid for pad <= t < boundary - sink_size.
         width = tl.load(WIDTHS + i_h)
@@ -287,7 +270,7 @@ def _leank_decode_kernel(
                         BLOCK_D,
                         HEAD_DIM,
                         UPCAST,
-                        IEEE,
+                        DOT_PRECISION,
                     )
 
     # Normalised partial output and its log2-sum-exp; -inf (and zeros) where no key was valid.
@@ -454,7 +437,7 @@ def leank_decode_fwd(
         kv.mid_cap, kv.num_mid, split_len, num_parts,
         G=group, HEAD_DIM=head_dim, BLOCK_G=max(16, group_pow), BLOCK_N=block_n, BLOCK_D=block_d,
         G_POW=group_pow, MERGE_S=max(1, 8192 // (group_pow * block_d)), UPCAST=_INTERPRETED,
-        IEEE=query.dtype == torch.float32, num_warps=num_warps, num_stages=num_stages,
+        DOT_PRECISION="ieee" if query.dtype == torch.float32 else "tf32", num_warps=num_warps, num_stages=num_stages,
     )  # fmt: skip
     return out
 
