@@ -14,19 +14,21 @@ Bandwidth counts the cache bytes each method must read, over the graph time.
 from __future__ import annotations
 
 import functools
-import json
 import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 
 from ..errors import LeanKUsageError
 from ..masks import LeanKMasks
 from ..ops.decode_attention.layout import CompactKV, HeadLayout
+from . import BenchmarkResult
 
+MASK_ID = "meta-llama/Llama-3.1-8B-Instruct"
+DEFAULT_CONTEXTS = (8192, 32768, 131072)
+DEFAULT_BATCHES = (1, 8, 32)
 NUM_Q_HEADS = 32  # Llama-3.1-8B
 NUM_KV_HEADS = 8
 HEAD_DIM = 128
@@ -241,51 +243,66 @@ def measure_host_cost(masks: LeanKMasks, dtype: torch.dtype = torch.bfloat16) ->
     }
 
 
-def format_table(results: Sequence[KernelResult], meta: dict[str, object]) -> str:
-    """A markdown table of the results, with the device, copy bandwidth and host cost above it."""
+COLUMNS = [
+    "context",
+    "batch",
+    "LeanK ms (events / graph)",
+    "SDPA ms (events / graph)",
+    "flash-attn ms (events / graph)",
+    "speedup vs SDPA (events / graph)",
+    "bytes limit",
+    "LeanK GB/s",
+    "% of copy BW",
+]
 
-    def fmt(value: float | None, spec: str) -> str:
-        return "-" if value is None else format(value, spec)
 
-    lines = [
-        f"Decode attention, Llama-3.1-8B shapes (32 q / 8 KV heads, d=128), bf16, {meta['device']}; copy bandwidth "
-        f"{meta['copy_gbps']:.0f} GB/s; host cost per call: LeanK {meta['leank_host_us']:.0f} us, "
-        f"SDPA {meta['sdpa_host_us']:.0f} us. LeanK = mean over {meta['layers']} layers of the mask. "
-        "ms = events (L2 flushed) / graph replay; GB/s and % of copy from the graph time.",
-        "",
-        "| context | batch | LeanK ms | SDPA ms | flash-attn ms | speedup vs SDPA | bytes limit | LeanK GB/s "
-        "| % of copy |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+def _row(r: KernelResult) -> list[str]:
+    def pair(events: float | None, graph: float | None) -> str:
+        return "-" if events is None or graph is None else f"{events:.3f} / {graph:.3f}"
+
+    return [
+        str(r.context),
+        str(r.batch),
+        pair(r.leank_ms, r.leank_graph_ms),
+        pair(r.sdpa_ms, r.sdpa_graph_ms),
+        pair(r.flash_attn_ms, r.flash_attn_graph_ms),
+        f"{r.speedup_vs_sdpa:.2f}x / {r.speedup_vs_sdpa_graph:.2f}x",
+        f"{r.bytes_limit_speedup:.2f}x",
+        f"{r.leank_gbps:.0f}",
+        f"{100 * r.leank_copy_fraction:.0f}%",
     ]
-    for r in results:
-        flash = f"{fmt(r.flash_attn_ms, '.3f')} / {fmt(r.flash_attn_graph_ms, '.3f')}"
-        lines.append(
-            f"| {r.context} | {r.batch} | {r.leank_ms:.3f} / {r.leank_graph_ms:.3f} "
-            f"| {r.sdpa_ms:.3f} / {r.sdpa_graph_ms:.3f} | {flash} "
-            f"| {r.speedup_vs_sdpa:.2f}x / {r.speedup_vs_sdpa_graph:.2f}x | {r.bytes_limit_speedup:.2f}x "
-            f"| {r.leank_gbps:.0f} | {100 * r.leank_copy_fraction:.0f}% |"
-        )
-    return "\n".join(lines)
 
 
 def run_kernel_benchmark(
-    *,
-    masks: LeanKMasks,
     contexts: Sequence[int],
     batches: Sequence[int],
+    *,
+    masks: LeanKMasks | None = None,
     layers: Sequence[int] | None = None,
-    out_dir: str | Path | None = None,
     rep_ms: int = 40,
-) -> tuple[list[KernelResult], dict[str, object], str]:
-    """Run every (context, batch) point that fits in memory; save json + md under `out_dir` if given.
+) -> BenchmarkResult:
+    """Time every (context, batch) point that fits in GPU memory.
+
+    Args:
+        contexts (`Sequence[int]`):
+            Cached tokens per row.
+        batches (`Sequence[int]`):
+            Batch sizes.
+        masks (`LeanKMasks`, *optional*):
+            A mask of Llama-3.1-8B's shape `[L, 8, 128]`; defaults to the bundled authors' Llama-3.1-8B mask.
+        layers (`Sequence[int]`, *optional*):
+            Layers of the mask to time (the LeanK time is their mean); defaults to all.
+        rep_ms (`int`, *optional*, defaults to 40):
+            Milliseconds of repetitions per timing.
 
     Returns:
-        `(results, meta, table)`: `meta` holds the device, versions, copy bandwidth and host cost per call.
+        `BenchmarkResult` named `"kernel"`.
     """
     import triton
 
     if not torch.cuda.is_available():
-        raise LeanKUsageError("the kernel benchmark needs a CUDA GPU; none is visible to torch")
+        raise LeanKUsageError("`bench kernel` needs a CUDA GPU, and torch sees none; run it on a GPU machine")
+    masks = LeanKMasks.from_pretrained(MASK_ID) if masks is None else masks
     if tuple(masks.mask.shape[1:]) != (NUM_KV_HEADS, HEAD_DIM):
         raise LeanKUsageError(
             f"the kernel benchmark uses Llama-3.1-8B shapes ({NUM_KV_HEADS} KV heads, head_dim {HEAD_DIM}); the mask "
@@ -293,40 +310,45 @@ def run_kernel_benchmark(
         )
     layers = list(range(masks.num_layers)) if layers is None else list(layers)
     copy_gbps = copy_bandwidth_gbps()
-    meta: dict[str, object] = {
-        "device": torch.cuda.get_device_name(),
-        "torch": torch.__version__,
-        "triton": triton.__version__,
-        "timestamp": time.strftime("%Y%m%d-%H%M%S"),
-        "mask": masks.base_model,
-        "layers": len(layers),
-        "copy_gbps": copy_gbps,
-        **measure_host_cost(masks),
-    }
-    results = [
-        bench_point(masks, layers, context, batch, copy_gbps=copy_gbps, rep_ms=rep_ms)
-        for context in contexts
-        for batch in batches
-        if _fits(context, batch, torch.bfloat16)
+    host = measure_host_cost(masks)
+    results, skipped = [], []
+    for context in contexts:
+        for batch in batches:
+            if _fits(context, batch, torch.bfloat16):
+                results.append(bench_point(masks, layers, context, batch, copy_gbps=copy_gbps, rep_ms=rep_ms))
+            else:
+                skipped.append(f"{context}x{batch}")
+    device = torch.cuda.get_device_name()
+    notes = [
+        f"{device}, bf16, Llama-3.1-8B attention shape (32 q / 8 KV heads, head_dim 128), mask {masks.base_model}; "
+        f"LeanK times are the mean over {len(layers)} layer(s). Device copy bandwidth {copy_gbps:.0f} GB/s "
+        "(read + write).",
+        "events: CUDA events per call after warm-up, L2 flushed before each (host launch cost shows when it exceeds "
+        "the flush); graph: CUDA-graph replay, GPU time only. GB/s and % of copy BW: cache bytes read / graph time. "
+        "bytes limit: dense cache bytes / LeanK cache bytes.",
+        f"Host cost per call (8K tokens, batch 1): LeanK {host['leank_host_us']:.0f} us, "
+        f"SDPA {host['sdpa_host_us']:.0f} us.",
     ]
-    table = format_table(results, meta)
-    if out_dir is not None:
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        stem = out_dir / f"kernel_{meta['timestamp']}"
-        payload = {"meta": meta, "results": [asdict(r) for r in results]}
-        stem.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
-        stem.with_suffix(".md").write_text(table + "\n")
-    return results, meta, table
-
-
-def parse_sizes(text: str) -> list[int]:
-    """`"8K,32K,128K"` or `"1,8,32"` -> ints (K = 1024)."""
-    sizes = []
-    for item in text.split(","):
-        item = item.strip().upper()
-        factor = 1024 if item.endswith("K") else 1
-        sizes.append(int(item.rstrip("K")) * factor)
-    if any(size <= 0 for size in sizes) or not sizes:
-        raise LeanKUsageError(f"expected a comma-separated list of positive sizes like 8K,32K, got {text!r}")
-    return sizes
+    if skipped:
+        notes.append("Skipped (does not fit in GPU memory): " + ", ".join(skipped))
+    if _flash_attn_with_kvcache() is None:
+        notes.append("flash-attn is not installed: no flash_attn_with_kvcache column.")
+    return BenchmarkResult(
+        name="kernel",
+        title="Decode attention: LeanK Triton kernel vs dense SDPA (flash) decode",
+        columns=COLUMNS,
+        rows=[_row(r) for r in results],
+        data=[asdict(r) for r in results],
+        settings={
+            "contexts": list(contexts),
+            "batches": list(batches),
+            "layers": layers,
+            "mask": masks.base_model,
+            "rep_ms": rep_ms,
+            "device": device,
+            "triton": triton.__version__,
+            "copy_gbps": copy_gbps,
+            **host,
+        },
+        notes=notes,
+    )

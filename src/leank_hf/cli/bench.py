@@ -73,7 +73,26 @@ def add_decode(benchmarks: argparse._SubParsersAction) -> None:
     )
 
 
-BENCHMARKS = (add_memory, add_decode)
+def add_kernel(benchmarks: argparse._SubParsersAction) -> None:
+    from ..benchmarks.kernel import DEFAULT_BATCHES, DEFAULT_CONTEXTS, run_kernel_benchmark
+
+    parser = benchmarks.add_parser(
+        "kernel",
+        help="GPU decode attention: LeanK Triton kernel vs SDPA (flash), Llama-3.1-8B shapes",
+        description="One decode-attention step per layer of the Llama-3.1-8B mask against dense SDPA (flash backend) "
+        "and flash_attn_with_kvcache if installed: time, bandwidth, speedup and the bytes-limit speedup. Needs CUDA.",
+    )
+    parser.add_argument("--contexts", type=_sizes, default=list(DEFAULT_CONTEXTS), help="e.g. 8k,32k,128k")
+    parser.add_argument("--batches", type=_sizes, default=list(DEFAULT_BATCHES), help="e.g. 1,8,32")
+    parser.add_argument("--layers", type=_sizes, default=None, help="mask layers to time (default: all)")
+    parser.add_argument("--rep-ms", type=int, default=40, help="milliseconds of repetitions per timing")
+    add_output_options(parser)
+    parser.set_defaults(
+        run=lambda args: run_kernel_benchmark(args.contexts, args.batches, layers=args.layers, rep_ms=args.rep_ms)
+    )
+
+
+BENCHMARKS = (add_memory, add_decode, add_kernel)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
