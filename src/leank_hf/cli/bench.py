@@ -92,7 +92,38 @@ def add_kernel(benchmarks: argparse._SubParsersAction) -> None:
     )
 
 
-BENCHMARKS = (add_memory, add_decode, add_kernel)
+def add_generate(benchmarks: argparse._SubParsersAction) -> None:
+    from ..benchmarks.generate_gpu import run_generate_benchmark
+
+    parser = benchmarks.add_parser(
+        "generate",
+        help="GPU end-to-end generate: DynamicCache + sdpa vs LeanKCache + Triton, decode tok/s and memory",
+        description="generate() of a random-weight model with Llama-3.1-8B's shapes: decode tokens/s and peak memory "
+        "per batch size, and the largest batch each method fits. Needs CUDA.",
+    )
+    parser.add_argument("--context", type=lambda text: _sizes(text)[0], default=32768, help="prompt tokens, e.g. 32k")
+    parser.add_argument("--new-tokens", type=int, default=256)
+    parser.add_argument("--batches", type=_sizes, default=[1, 8], help="e.g. 1,8")
+    parser.add_argument("--intermediate-size", type=int, default=14336, help="MLP width (Llama-3.1-8B: 14336)")
+    parser.add_argument("--vocab-size", type=int, default=32000)
+    parser.add_argument("--num-layers", type=int, default=32)
+    parser.add_argument("--no-max-batch", action="store_true", help="skip the largest-batch search")
+    add_output_options(parser)
+    parser.set_defaults(
+        run=lambda args: run_generate_benchmark(
+            context=args.context,
+            new_tokens=args.new_tokens,
+            batches=tuple(args.batches),
+            intermediate_size=args.intermediate_size,
+            vocab_size=args.vocab_size,
+            num_layers=args.num_layers,
+            search_max_batch=not args.no_max_batch,
+            report=lambda line: print(line, flush=True),
+        )
+    )
+
+
+BENCHMARKS = (add_memory, add_decode, add_kernel, add_generate)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# GPU run (issue #7): CUDA correctness tests, then the kernel and end-to-end generate benchmarks, all under $OUT.
+#
+#   OUT=/path/to/results bash benchmarks/gpu_run.sh      # from the repository root, on a machine with one CUDA GPU
+#
+# Needs torch, triton, transformers, safetensors, huggingface_hub, pytest (+ pytest-xdist if present) already
+# installed; uses the source tree through PYTHONPATH (no install, no network). Every stage has a time limit; the whole
+# script stays under 9 minutes on one H100. The last lines printed are the result tables.
+set -uo pipefail
+
+OUT=${OUT:-benchmarks/results/gpu}
+mkdir -p "$OUT"
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONUNBUFFERED=1
+export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
+PYTHON=${PYTHON:-python3}
+: >"$OUT/stages.txt"
+
+# stage NAME LIMIT_SECONDS COMMAND...: run with a time limit, log to $OUT/NAME.log, record rc and duration.
+stage() {
+    local name=$1 limit=$2
+    shift 2
+    echo "=== $name (limit ${limit}s): $*"
+    local t0=$SECONDS
+    timeout --signal=INT --kill-after=15 "$limit" "$@" 2>&1 | tee "$OUT/$name.log"
+    local rc=${PIPESTATUS[0]}
+    echo "$name: rc=$rc, $((SECONDS - t0)) s" | tee -a "$OUT/stages.txt"
+}
+
+stage env 30 bash -c "nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,clocks.max.mem,driver_version --format=csv
+$PYTHON -c 'import sys, torch, triton, transformers; print(sys.version.split()[0], \"torch\", torch.__version__, \"triton\", triton.__version__, \"transformers\", transformers.__version__, torch.cuda.get_device_name())'
+git rev-parse --short HEAD 2>/dev/null || true"
+
+# Correctness on CUDA: the kernel (fp32/fp16/bf16, compiled), the cache, attention and generate() tests.
+XDIST=$($PYTHON -c 'import xdist' 2>/dev/null && echo "-n 8" || echo "")
+stage tests 170 $PYTHON -m pytest -q -p no:cacheprovider $XDIST --junitxml="$OUT/tests.xml" \
+    tests/test_triton_decode.py tests/test_naive_attention.py tests/test_attention.py tests/test_cache.py \
+    tests/test_generate.py
+
+# Kernel: LeanK vs SDPA (flash) decode, Llama-3.1-8B shapes, all 32 layers of the authors' mask.
+stage kernel 170 $PYTHON -m leank_hf.cli.main bench kernel --contexts 8k,32k,128k --batches 1,8,32 \
+    --output-dir "$OUT"
+
+# End to end: generate() at 32K tokens, 256 new tokens, batch 1 and 8, plus the largest batch per method.
+stage generate 190 $PYTHON -m leank_hf.cli.main bench generate --context 32k --new-tokens 256 --batches 1,8 \
+    --output-dir "$OUT"
+
+echo
+echo "=== stages"
+cat "$OUT/stages.txt"
+for table in kernel generate_gpu; do
+    if [ -f "$OUT/$table.md" ]; then
+        echo
+        cat "$OUT/$table.md"
+    fi
+done
