@@ -17,6 +17,7 @@ PUBLIC = {
     "apply_leank",
     "bundled",
     "revert_leank",
+    "train_masks",
 }
 MASK_METHODS = {
     "check_compatible",

@@ -5,6 +5,7 @@ from .attention import apply_leank, revert_leank
 from .cache import LeanKCache
 from .errors import LeanKError, LeanKUsageError, MaskError
 from .masks import LeanKMasks
+from .training import train_masks
 
 __version__ = "0.1.0"
 
@@ -18,4 +19,5 @@ __all__ = [
     "apply_leank",
     "bundled",
     "revert_leank",
+    "train_masks",
 ]

@@ -1,0 +1,120 @@
+"""`leank-hf eval`: retrieval accuracy of the full model vs a LeanK mask vs static baselines (table, JSON, plot)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+from pathlib import Path
+
+import torch
+
+from .train import DTYPES, load_model
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "eval",
+        help="retrieval accuracy: full model vs LeanK mask vs baselines",
+        description="Synthetic long-context retrieval at held-out seeds: the full model's accuracy per length, and "
+        "each mask's accuracy on the questions the full model answers. Baselines use the mask's ratio and align.",
+    )
+    parser.add_argument("--model", required=True, help="model folder or Hub id, or 'embedded' (SmolLM2-135M-Instruct)")
+    parser.add_argument("--mask", help="LeanK mask: folder, Hub id or bundled name (default: the model's bundled one)")
+    parser.add_argument(
+        "--baselines",
+        default="random,key_norm,rope_low_freq",
+        help="comma-separated baselines, or 'none' (%(default)s)",
+    )
+    parser.add_argument("--tasks", default="multikey", help="comma-separated: multikey, multivalue (%(default)s)")
+    parser.add_argument("--lengths", default="1024,2048,3072,4096", help="prompt lengths in tokens (%(default)s)")
+    parser.add_argument("--samples", type=int, default=4, help="contexts per task and length (%(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="evaluation seed, held out from training (%(default)s)")
+    parser.add_argument("--judge-all", action="store_true", help="also decode masks where the full model fails")
+    parser.add_argument(
+        "--verify-deployed",
+        type=int,
+        default=0,
+        metavar="N",
+        help="re-decode N questions with the real LeanKCache and compare the replies",
+    )
+    parser.add_argument("--output", help="write the JSON report here")
+    parser.add_argument("--plot", metavar="PNG", help="save a plot of accuracy per length (needs matplotlib)")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="model dtype (%(default)s)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="model device")
+    parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.set_defaults(func=_evaluate)
+
+
+def _load_mask(name: str | None, model):
+    from ..masks import LeanKMasks
+
+    if name is None:
+        name = model.config._name_or_path
+    return LeanKMasks.from_pretrained(name)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from .. import __version__
+    from ..evaluation import baseline_masks, evaluate_retrieval, format_table, verify_deployed
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, tokenizer = load_model(args.model, DTYPES[args.dtype], args.device)
+    leank = _load_mask(args.mask, model)
+    names = [] if args.baselines == "none" else [n.strip() for n in args.baselines.split(",") if n.strip()]
+    methods = {"leank": leank, **baseline_masks(model, tokenizer, leank, names, seed=args.seed)}
+    report = evaluate_retrieval(
+        model,
+        tokenizer,
+        methods,
+        tasks=tuple(args.tasks.split(",")),
+        lengths=tuple(int(x) for x in args.lengths.split(",")),
+        samples=args.samples,
+        seed=args.seed,
+        judge_all=args.judge_all,
+    )
+    if args.verify_deployed:
+        matches, checked = verify_deployed(model, tokenizer, leank, report, "leank", limit=args.verify_deployed)
+        report["deployed_check"] = {"checked": checked, "identical_replies": matches}
+    report["command"] = "leank-hf " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("leank-hf") else None
+    report["environment"] = {
+        "leank_hf": __version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": str(model.device),
+        "model": model.config._name_or_path,
+    }
+    print(format_table(report))
+    if "deployed_check" in report:
+        check = report["deployed_check"]
+        print(f"deployed LeanKCache check: {check['identical_replies']}/{check['checked']} replies identical")
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        print(f"report written to {args.output}")
+    if args.plot:
+        _plot(report, args.plot)
+        print(f"plot written to {args.plot}")
+    return 0
+
+
+def _plot(report: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lengths = [entry["length"] for entry in report["per_length"]]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(lengths, [entry["full_accuracy"] for entry in report["per_length"]], "k--o", label="full model (raw)")
+    for name in report["methods"]:
+        ax.plot(lengths, [entry[name] for entry in report["per_length"]], "-o", label=f"{name} (where full ok)")
+    ax.set_xlabel("prompt tokens")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(-0.05, 1.05)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,120 @@
+"""`leank-hf train`: learn a LeanK mask for a model (two stages, resumable, CSV log, mask folder with model card)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from ..errors import LeanKUsageError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="learn a LeanK mask for a model",
+        description="Learn a LeanK K-channel mask (stage 1: L1-regularised scales, stage 2: the binary mask as "
+        "deployed). Checkpoints, a CSV log and the final mask go to --output; --resume continues a run.",
+    )
+    parser.add_argument("--model", required=True, help="model folder or Hub id, or 'embedded' (SmolLM2-135M-Instruct)")
+    parser.add_argument("--output", required=True, help="folder for checkpoints, training_log.csv and the mask")
+    parser.add_argument("--resume", action="store_true", help="continue the run saved in --output")
+    parser.add_argument("--ratio", type=float, default=0.7, help="fraction of K channels to prune (%(default)s)")
+    parser.add_argument("--align", type=int, default=16, help="kept channels per head in multiples of (%(default)s)")
+    parser.add_argument("--sink-size", type=int, default=64, help="sink tokens kept in full (%(default)s)")
+    parser.add_argument("--recent-size", type=int, default=256, help="recent tokens kept in full (%(default)s)")
+    parser.add_argument("--flush-size", type=int, default=64, help="recent-window flush chunk (%(default)s)")
+    parser.add_argument("--stage1-steps", type=int, default=300, help="stage-1 steps (%(default)s)")
+    parser.add_argument("--stage2-steps", type=int, default=60, help="stage-2 steps (%(default)s)")
+    parser.add_argument("--lr", type=float, default=0.02, help="AdamW learning rate (%(default)s)")
+    parser.add_argument("--stage2-lr", type=float, help="stage-2 learning rate (default: --lr)")
+    parser.add_argument("--l1-weight", type=float, default=0.06, help="stage-1 lambda of mean|alpha| (%(default)s)")
+    parser.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping (%(default)s)")
+    parser.add_argument("--min-length", type=int, default=1024, help="shortest synthetic prompt, tokens")
+    parser.add_argument("--max-length", type=int, default=4096, help="longest synthetic prompt, tokens")
+    parser.add_argument("--questions-per-sample", type=int, default=4, help="questions per synthetic context")
+    parser.add_argument("--steps-per-sample", type=int, default=1, help="steps sharing one context's prefill")
+    parser.add_argument("--data", help='JSONL file of {"prompt": ..., "answer": ...} lines instead of synthetic data')
+    parser.add_argument("--seed", type=int, default=0, help="data seed (%(default)s)")
+    parser.add_argument("--checkpoint-every", type=int, default=10, help="steps between checkpoints (%(default)s)")
+    parser.add_argument("--max-steps", type=int, help="stop at this step (resume later with --resume)")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="model dtype (%(default)s)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="model device")
+    parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.set_defaults(func=_train)
+
+
+def load_model(name: str, dtype: torch.dtype, device: str):
+    """`(model, tokenizer)` for a folder / Hub id, or the embedded SmolLM2 for `"embedded"`."""
+    if name == "embedded":
+        from ..models import load_embedded_model
+
+        return load_embedded_model(dtype=dtype, device=device)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype).to(device).eval()
+    return model, AutoTokenizer.from_pretrained(name)
+
+
+def _read_pairs(path: str) -> list[tuple[str, str]]:
+    pairs = []
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+            pairs.append((item["prompt"], item["answer"]))
+        except (json.JSONDecodeError, KeyError, TypeError) as error:
+            raise LeanKUsageError(
+                f"{path}:{number}: expected a JSON object with 'prompt' and 'answer' ({error})"
+            ) from None
+    return pairs
+
+
+def _train(args: argparse.Namespace) -> int:
+    from ..training import PromptAnswerData, SyntheticRetrievalData, train_masks
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, tokenizer = load_model(args.model, DTYPES[args.dtype], args.device)
+    if args.data:
+        data = PromptAnswerData(tokenizer, _read_pairs(args.data), name=Path(args.data).name)
+    else:
+        data = SyntheticRetrievalData(
+            tokenizer,
+            min_length=args.min_length,
+            max_length=args.max_length,
+            seed=args.seed,
+            questions_per_sample=args.questions_per_sample,
+        )
+    masks = train_masks(
+        model,
+        tokenizer,
+        ratio=args.ratio,
+        align=args.align,
+        sink_size=args.sink_size,
+        recent_size=args.recent_size,
+        flush_size=args.flush_size,
+        stage1_steps=args.stage1_steps,
+        stage2_steps=args.stage2_steps,
+        data=data,
+        output_dir=args.output,
+        resume=args.resume,
+        seed=args.seed,
+        lr=args.lr,
+        stage2_lr=args.stage2_lr,
+        l1_weight=args.l1_weight,
+        max_grad_norm=args.max_grad_norm,
+        steps_per_sample=args.steps_per_sample,
+        checkpoint_every=args.checkpoint_every,
+        max_steps=args.max_steps,
+    )
+    done = masks.training_info["completed_steps"]
+    total = args.stage1_steps + args.stage2_steps
+    state = "finished" if done == total else f"stopped at step {done}/{total}; continue with --resume"
+    print(f"{state}: pruned {masks.pruned_ratio:.1%} of K channels, mask saved to {args.output}")
+    return 0

@@ -1,0 +1,286 @@
+"""The mask trainer on tiny random Llamas: attention math, mask building, learning, resume, two processes (gloo)."""
+
+from __future__ import annotations
+
+import csv
+import os
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from transformers import DynamicCache
+
+from leank_hf import LeanKMasks, train_masks
+from leank_hf.errors import LeanKUsageError
+from leank_hf.training.attention import (
+    MiddleKeyScaling,
+    scaled_key_attention,
+    scaled_middle_keys,
+    training_attention_enabled,
+    truncate_cache,
+)
+from leank_hf.training.data import TokenizedGroup, TokenizedQuestion
+from leank_hf.training.masking import binary_mask, straight_through
+from leank_hf.training.trainer import distillation_step
+from reference import reference_model, window_start
+from tiny_models import tiny_model
+
+SINK, RECENT, FLUSH = 4, 8, 3
+
+
+class RandomTokenData:
+    """Deterministic random-token samples: a 37-52 token prefix, 2 questions (3-token suffix, 5-token answer)."""
+
+    def __init__(self, vocab: int = 97, offset: int = 0) -> None:
+        self.vocab, self.offset = vocab, offset
+
+    def group(self, index: int) -> TokenizedGroup:
+        g = torch.Generator().manual_seed(index + self.offset)
+        prefix = torch.randint(0, self.vocab, (int(torch.randint(37, 53, (1,), generator=g)),), generator=g)
+        questions = [
+            TokenizedQuestion(
+                torch.randint(0, self.vocab, (3,), generator=g),
+                torch.randint(0, self.vocab, (5,), generator=g),
+                "",
+                [""],
+            )
+            for _ in range(2)
+        ]
+        return TokenizedGroup("random", prefix, questions)
+
+    def describe(self) -> dict:
+        return {"kind": "random_tokens", "offset": self.offset}
+
+
+def peaked_model(seed: int = 0):
+    """A tiny Llama whose q/k projections are scaled up, so attention is peaked and key channels matter."""
+    model = tiny_model("llama", seed=seed)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.q_proj.weight.mul_(4.0)
+            layer.self_attn.k_proj.weight.mul_(4.0)
+    return model
+
+
+def dense_scaled_reference(query, key, value, scales, skip, scaling):
+    """Per-row loop in float64: middle keys multiplied channel-wise by `scales`, skipped heads drop them."""
+    batch, num_q, n, dim = query.shape
+    num_kv, total = key.shape[1], key.shape[2]
+    out = torch.empty(batch, n, num_q, dim, dtype=torch.float64)
+    for b in range(batch):
+        for h in range(num_q):
+            kv = h // (num_q // num_kv)
+            for i in range(n):
+                slot = total - n + i
+                boundary = window_start(slot, SINK, RECENT, FLUSH)
+                logits, values = [], []
+                for g in range(slot + 1):
+                    k = key[b, kv, g].double()
+                    if SINK <= g < boundary:
+                        if skip is not None and skip[kv]:
+                            continue
+                        k = k * scales[kv].double()
+                    logits.append(scaling * (query[b, h, i].double() @ k))
+                    values.append(value[b, kv, g].double())
+                probs = torch.softmax(torch.stack(logits), 0)
+                out[b, i, h] = probs @ torch.stack(values)
+    return out
+
+
+@pytest.mark.parametrize("dtype, atol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+@pytest.mark.parametrize("n", [1, 5])
+def test_scaled_key_attention_matches_dense_reference(dtype, atol, n):
+    batch, num_q, num_kv, total, dim = 2, 6, 3, 29, 16
+    query = torch.randn(batch, num_q, n, dim).to(dtype)
+    key, value = torch.randn(batch, num_kv, total, dim).to(dtype), torch.randn(batch, num_kv, total, dim).to(dtype)
+    scales = torch.rand(num_kv, dim)
+    skip = torch.tensor([False, True, False])
+    out = scaled_key_attention(
+        query, key, value, scales, skip, sink_size=SINK, recent_size=RECENT, flush_size=FLUSH, scaling=0.3
+    )
+    expected = dense_scaled_reference(query, key, value, scales, skip, 0.3)
+    assert out.dtype == dtype and out.shape == (batch, n, num_q, dim)
+    torch.testing.assert_close(out.double(), expected, atol=atol, rtol=atol)
+
+
+def test_binary_student_matches_independent_reference_model():
+    """Stage-2 forward (binary mask, kept channels at 1, zero-width heads skipped) == tests/reference.py."""
+    model = tiny_model("llama")
+    layers, heads, dim = 3, 2, 32
+    alpha = torch.rand(layers, heads, dim)
+    alpha[1, 0] = 0.0  # a head that will lose all channels at this ratio
+    mask = binary_mask(alpha, ratio=0.7, align=8)
+    assert not mask[1, 0].any()
+    prompt, rows = torch.randint(0, 97, (1, 41)), torch.randint(0, 97, (1, 6))
+
+    def answer_hidden(run_rows):
+        cache = DynamicCache(config=model.config)
+        with torch.no_grad():
+            model.model(input_ids=prompt, past_key_values=cache, use_cache=True)
+            return run_rows(cache)
+
+    with training_attention_enabled(model), torch.no_grad():
+        scaling = MiddleKeyScaling(straight_through(alpha, mask), ~mask.any(-1), SINK, RECENT, FLUSH)
+
+        def student(cache):
+            with scaled_middle_keys(scaling):
+                return model.model(input_ids=rows, past_key_values=cache, use_cache=True).last_hidden_state
+
+        ours = answer_hidden(student)
+    with reference_model(model, mask, SINK, RECENT, FLUSH):
+        expected = answer_hidden(
+            lambda cache: model.model(input_ids=rows, past_key_values=cache, use_cache=True).last_hidden_state
+        )
+    torch.testing.assert_close(ours, expected, atol=1e-5, rtol=1e-5)
+    assert model.config._attn_implementation == "sdpa"
+
+
+def test_student_with_unit_scales_equals_teacher():
+    model = tiny_model("llama")
+    with training_attention_enabled(model):
+        mse = distillation_step(
+            model, RandomTokenData().group(0), lambda: MiddleKeyScaling(torch.ones(3, 2, 32), None, SINK, RECENT, FLUSH)
+        )
+    assert mse < 1e-10
+
+
+def test_truncate_cache_restores_prompt_state():
+    model = tiny_model("llama")
+    cache = DynamicCache(config=model.config)
+    prompt, more = torch.randint(0, 97, (1, 20)), torch.randint(0, 97, (1, 7))
+    with torch.no_grad():
+        model.model(input_ids=prompt, past_key_values=cache, use_cache=True)
+        keys = cache.layers[0].keys.clone()
+        model.model(input_ids=more, past_key_values=cache, use_cache=True)
+    truncate_cache(cache, 20)
+    assert cache.get_seq_length() == 20 and torch.equal(cache.layers[0].keys, keys)
+
+
+@pytest.mark.parametrize("shape, ratio, align", [((3, 2, 32), 0.7, 8), ((5, 3, 64), 0.7, 16), ((2, 7, 48), 0.33, 16)])
+def test_binary_mask_ratio_and_alignment_exact(shape, ratio, align):
+    alpha = torch.rand(shape)
+    alpha[0, 0] = 1.0  # ties
+    mask = binary_mask(alpha, ratio, align)
+    counts = mask.sum(-1)
+    assert bool((counts % align == 0).all())
+    assert int(counts.sum()) == round((1 - ratio) * alpha.numel() / align) * align
+    for layer in range(shape[0]):
+        for head in range(shape[1]):
+            kept, pruned = alpha[layer, head][mask[layer, head]], alpha[layer, head][~mask[layer, head]]
+            if len(kept) and len(pruned):
+                assert kept.min() >= pruned.max()
+    LeanKMasks(mask, align=align)  # validates alignment itself
+
+
+def test_straight_through_forward_is_mask_backward_is_identity():
+    alpha = torch.rand(2, 2, 16, requires_grad=True)
+    mask = binary_mask(alpha, 0.5, 4)
+    scales = straight_through(alpha, mask)
+    assert torch.equal(scales.detach(), mask.float())
+    weights = torch.randn(2, 2, 16)
+    (scales * weights).sum().backward()
+    assert torch.equal(alpha.grad, weights)
+
+
+def _log_rows(path):
+    with open(path, newline="") as handle:
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(handle)]
+
+
+KW = dict(ratio=0.7, align=8, sink_size=SINK, recent_size=RECENT, flush_size=FLUSH, progress=False)
+
+
+def test_loss_decreases_and_learned_mask_beats_random_mask(tmp_path):
+    model = peaked_model()
+    masks = train_masks(
+        model,
+        None,
+        stage1_steps=20,
+        stage2_steps=6,
+        lr=0.05,
+        l1_weight=0.05,
+        data=RandomTokenData(),
+        output_dir=tmp_path,
+        **KW,
+    )
+    rows = _log_rows(tmp_path / "training_log.csv")
+    stage1 = [float(r["loss"]) for r in rows if r["stage"] == "1"]
+    assert sum(stage1[-4:]) < sum(stage1[:4])
+    assert masks.pruned_ratio == pytest.approx(
+        1 - 7 * 8 / 192
+    )  # round(0.3 * 24) = 7 units of 8 and bool((masks.kept_counts() % 8 == 0).all())
+
+    held_out = RandomTokenData(offset=10_000)
+
+    def mse_of(mask):
+        skip = ~mask.any(-1)
+        scaling = MiddleKeyScaling(mask.float(), skip, SINK, RECENT, FLUSH)
+        with training_attention_enabled(model):
+            return sum(distillation_step(model, held_out.group(i), lambda: scaling) for i in range(6))
+
+    random_mask = binary_mask(torch.rand(masks.mask.shape), 0.7, 8)
+    assert mse_of(masks.mask) < 0.7 * mse_of(random_mask)
+    assert all(not p.requires_grad for p in model.parameters()) is False  # restored: weights trainable again
+    assert model.config._attn_implementation == "sdpa"
+
+
+def test_resume_continues_bit_for_bit(tmp_path):
+    model = peaked_model()
+    kw = dict(stage1_steps=5, stage2_steps=4, data=RandomTokenData(), checkpoint_every=2, **KW)
+    full = train_masks(model, None, output_dir=tmp_path / "a", **kw)
+    train_masks(model, None, output_dir=tmp_path / "b", max_steps=3, **kw)  # checkpoint at step 3 (the stop)
+    resumed = train_masks(model, None, output_dir=tmp_path / "b", resume=True, **kw)
+    state_a = torch.load(tmp_path / "a" / "checkpoint" / "trainer_state.pt", weights_only=True)
+    state_b = torch.load(tmp_path / "b" / "checkpoint" / "trainer_state.pt", weights_only=True)
+    assert torch.equal(state_a["alpha"], state_b["alpha"])
+    for key in ("exp_avg", "exp_avg_sq"):
+        assert torch.equal(state_a["optimizer"]["state"][0][key], state_b["optimizer"]["state"][0][key])
+    assert torch.equal(full.mask, resumed.mask)
+    assert _log_rows(tmp_path / "a" / "training_log.csv") == _log_rows(tmp_path / "b" / "training_log.csv")
+    saved = LeanKMasks.from_pretrained(tmp_path / "b")
+    assert torch.equal(saved.mask, full.mask) and saved.training_info["completed_steps"] == 9
+    assert saved.sink_size == SINK and saved.target_ratio == 0.7 and saved.training_info["data"]["kind"]
+
+
+def test_resume_with_other_settings_is_refused(tmp_path):
+    model = tiny_model("llama")
+    kw = dict(stage2_steps=1, data=RandomTokenData(), **KW)
+    train_masks(model, None, output_dir=tmp_path, stage1_steps=1, **kw)
+    with pytest.raises(LeanKUsageError, match="other settings"):
+        train_masks(model, None, output_dir=tmp_path, stage1_steps=2, resume=True, **kw)
+    with pytest.raises(LeanKUsageError, match="nothing to resume"):
+        train_masks(model, None, output_dir=tmp_path / "none", stage1_steps=1, resume=True, **kw)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        model = peaked_model()
+        masks = train_masks(
+            model, None, stage1_steps=3, stage2_steps=2, data=RandomTokenData(), output_dir=f"{out_dir}/run", **KW
+        )
+        state = torch.load(f"{out_dir}/run/checkpoint/trainer_state.pt", weights_only=True) if rank == 0 else None
+        torch.save({"mask": masks.mask, "alpha": state["alpha"] if state else None}, f"{out_dir}/rank{rank}.pt")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_two_process_gloo_run_averages_gradients(tmp_path):
+    mp.start_processes(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, start_method="spawn")
+    rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    assert torch.equal(rank0["mask"], rank1["mask"])
+    single = tmp_path / "single"
+    train_masks(peaked_model(), None, stage1_steps=3, stage2_steps=2, data=RandomTokenData(), output_dir=single, **KW)
+    alone = torch.load(single / "checkpoint" / "trainer_state.pt", weights_only=True)["alpha"]
+    assert not torch.equal(alone, rank0["alpha"])  # the second process's samples changed the update
+    assert LeanKMasks.from_pretrained(tmp_path / "run").training_info["world_size"] == 2
