@@ -74,14 +74,14 @@ def _fill(layer: Any, keys: torch.Tensor, values: torch.Tensor) -> None:
         layer.finish_prefill(None)
 
 
-def _interleaved(first: Callable[[], Any], second: Callable[[], Any], steps: int, warmup: int) -> list[list[float]]:
-    """Seconds per call of two functions, called alternately (the order flips every step)."""
-    times: list[list[float]] = [[], []]
+def _interleaved(functions: Sequence[Callable[[], Any]], steps: int, warmup: int) -> list[list[float]]:
+    """Seconds per call of each function, called in turn (the order rotates every step)."""
+    times: list[list[float]] = [[] for _ in functions]
     for step in range(warmup + steps):
-        order = (0, 1) if step % 2 == 0 else (1, 0)
-        for index in order:
+        for offset in range(len(functions)):
+            index = (step + offset) % len(functions)
             start = time.perf_counter()
-            (first, second)[index]()
+            functions[index]()
             if step >= warmup:
                 times[index].append(time.perf_counter() - start)
     return times
@@ -107,9 +107,9 @@ def measure(
     token = torch.ones(1, 1, dtype=torch.long)
     dense_step = lambda: model(token, past_key_values=dense)  # noqa: E731
     leank_step = lambda: leank_model(token, past_key_values=leank)  # noqa: E731
-    _interleaved(dense_step, leank_step, steps=0, warmup=warmup)
+    _interleaved((dense_step, leank_step), steps=0, warmup=warmup)
     before = leank.layers[0].num_mid
-    step_times = _interleaved(dense_step, leank_step, steps, warmup=0)
+    step_times = _interleaved((dense_step, leank_step), steps, warmup=0)
     flushes = (leank.layers[0].num_mid - before) // masks.flush_size
 
     # One layer: cache update of a token, then attention, as each model's attention layer does it.
@@ -129,7 +129,10 @@ def measure(
         states, _ = leank_layer.update(new_keys, new_values)
         return leank_attention(module, query, states, states, None, scaling=module.scaling)
 
-    layer_times = _interleaved(dense_call, leank_call, steps, warmup)
+    def attention_only():  # sdpa over the same tokens held in place: a dense cache that never copies
+        return sdpa_attention_forward(module, query, keys, values, None, scaling=module.scaling)
+
+    layer_times = _interleaved((dense_call, leank_call, attention_only), steps, warmup)
     return {"step": step_times, "layer": layer_times, "flushes": flushes}
 
 
@@ -158,9 +161,12 @@ def run_decode_benchmark(
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads or previous_threads)
     try:
-        return _run(contexts, num_layers, steps, warmup, dtype)
+        result = _run(contexts, num_layers, steps, warmup, dtype)
     finally:
         torch.set_num_threads(previous_threads)
+    if threads:  # a run with an explicit thread count saves beside the default one
+        result.name = f"decode_cpu_{threads}thread"
+    return result
 
 
 def _run(contexts: Sequence[int], num_layers: int, steps: int, warmup: int, dtype: torch.dtype) -> BenchmarkResult:
@@ -169,8 +175,9 @@ def _run(contexts: Sequence[int], num_layers: int, steps: int, warmup: int, dtyp
     rows, data = [], []
     for context in contexts:
         result = measure(models, context, steps, warmup, dtype)
-        (dense_step, leank_step), (dense_layer, leank_layer) = result["step"], result["layer"]
+        (dense_step, leank_step), (dense_layer, leank_layer, sdpa_only) = result["step"], result["layer"]
         medians = [statistics.median(times) * 1e3 for times in (dense_step, leank_step, dense_layer, leank_layer)]
+        sdpa_median = statistics.median(sdpa_only) * 1e3
         means = [statistics.fmean(times) * 1e3 for times in (dense_step, leank_step)]
         rows.append(
             [
@@ -181,6 +188,7 @@ def _run(contexts: Sequence[int], num_layers: int, steps: int, warmup: int, dtyp
                 f"{medians[2]:.2f}",
                 f"{medians[3]:.2f}",
                 f"{medians[2] / medians[3]:.2f}x",
+                f"{sdpa_median:.2f}",
             ]
         )
         data.append(
@@ -188,7 +196,7 @@ def _run(contexts: Sequence[int], num_layers: int, steps: int, warmup: int, dtyp
                 "context": context,
                 "flushes_in_window": result["flushes"],
                 "step_seconds": {"dynamic_sdpa": dense_step, "leank": leank_step},
-                "layer_seconds": {"dynamic_sdpa": dense_layer, "leank": leank_layer},
+                "layer_seconds": {"dynamic_sdpa": dense_layer, "leank": leank_layer, "sdpa_only": sdpa_only},
             }
         )
     columns = [
@@ -199,6 +207,7 @@ def _run(contexts: Sequence[int], num_layers: int, steps: int, warmup: int, dtyp
         "DynamicCache+sdpa layer ms",
         "LeanK layer ms",
         "layer speedup",
+        "sdpa alone layer ms",
     ]
     kept, zero = masks.kept_fraction, masks.zero_heads().float().mean().item()
     notes = [
@@ -210,7 +219,8 @@ def _run(contexts: Sequence[int], num_layers: int, steps: int, warmup: int, dtyp
         f"{steps} measured steps per point (after {warmup} warm-up steps), interleaved between the two methods; the "
         "window holds one flush of LeanK's recent window, so the mean includes one flush per "
         f"{steps} steps (twice as often as in a long generation). Layer = one layer's cache update plus attention "
-        "of one token, the part LeanK changes (DynamicCache concatenates the whole cache every step).",
+        "of one token, the part LeanK changes (DynamicCache concatenates the whole cache every step); sdpa alone = "
+        "the same attention over keys held in place, without any cache update (a lower bound for dense caches).",
     ]
     settings = {"contexts": list(contexts), "layers": num_layers, "steps": steps, "warmup": warmup}
     settings |= {"dtype": str(dtype), "threads": torch.get_num_threads()}
