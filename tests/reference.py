@@ -57,21 +57,22 @@ def reference_attention(
     num_heads = key.shape[1]
     groups = num_query_heads // num_heads
     scale = scaling if scaling is not None else head_dim**-0.5
-    rows = torch.arange(start, total)
-    keys = torch.arange(total)
+    device = key.device
+    rows = torch.arange(start, total, device=device)
+    keys = torch.arange(total, device=device)
     if attention_mask is None:
         allowed = (keys[None, :] <= rows[:, None]).expand(batch, num_rows, total)
     else:
         allowed = attention_mask[:, 0].expand(batch, num_rows, total)
     pad = allowed[:, -1].int().argmax(-1)  # first key the last row may read
 
-    channel_keep = keep[layer].to(torch.float64)  # [H, D]
+    channel_keep = keep[layer].to(device=device, dtype=torch.float64)  # [H, D]
     q = query.to(torch.float64).reshape(batch, num_heads, groups, num_rows, head_dim)
     k = key.to(torch.float64)
     exact = torch.einsum("bhgnd,bhtd->bhgnt", q, k)
     pruned = torch.einsum("bhgnd,bhtd->bhgnt", q, k * channel_keep[None, :, None, :])
 
-    bounds = torch.tensor([window_start(int(row), sink, recent, flush) for row in rows])
+    bounds = torch.tensor([window_start(row, sink, recent, flush) for row in range(start, total)], device=device)
     in_sink = keys[None, :] < pad[:, None] + sink  # [B, T]
     in_window = keys[None, :] >= bounds[:, None]  # [n, T]
     full = in_sink[:, None, None, None, :] | in_window[None, None, None, :, :]

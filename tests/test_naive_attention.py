@@ -187,3 +187,18 @@ def test_triton_backend_falls_back_only_when_its_module_is_absent(monkeypatch) -
     monkeypatch.setattr(decode_attention.importlib, "import_module", _import_failing(kernel_module, "triton"))
     with pytest.raises(ModuleNotFoundError):
         decode_attention._triton_kernel(required=False)
+
+
+def test_auto_backend_falls_back_when_the_kernel_refuses_the_inputs(monkeypatch) -> None:
+    query, kv, expected, scale = _case("decode", torch.float32)
+
+    def refusing_kernel(query, kv, *, scale):
+        raise decode_attention.LeanKUsageError("the kernel needs widths that are multiples of 16")
+
+    monkeypatch.setattr(decode_attention, "_triton_kernel", lambda required: refusing_kernel)
+    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda tensor: True))
+    with pytest.warns(UserWarning, match="falls back to the PyTorch attention: the kernel needs"):
+        output = leank_decode_attention(query, kv, scale=scale, backend="auto")
+    torch.testing.assert_close(output.double(), expected, atol=1e-5, rtol=1e-5)
+    with pytest.raises(decode_attention.LeanKUsageError, match="multiples of 16"):
+        leank_decode_attention(query, kv, scale=scale, backend="triton")

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import importlib
+import warnings
 from collections.abc import Callable
 
 import torch
 
+from ...errors import LeanKUsageError
 from .layout import CompactKV, HeadLayout, WidthGroup
 from .naive import leank_decode_torch
 
@@ -27,7 +29,8 @@ def leank_decode_attention(query: torch.Tensor, kv: CompactKV, *, scale: float, 
             Score scaling (usually `head_dim ** -0.5`).
         backend (`str`, *optional*, defaults to `"auto"`):
             `"torch"`, `"triton"` or `"auto"`: the Triton kernel for single-row CUDA queries when it is installed,
-            PyTorch otherwise. The kernel handles one query row; longer chunks always take the PyTorch path.
+            PyTorch otherwise (also when the kernel refuses the inputs, with a warning). The kernel handles one query
+            row; longer chunks always take the PyTorch path.
 
     Returns:
         `torch.Tensor`: `[B, Hq, n, D]` in the query's dtype.
@@ -36,8 +39,13 @@ def leank_decode_attention(query: torch.Tensor, kv: CompactKV, *, scale: float, 
         raise ValueError(f"`backend` has to be one of {list(BACKENDS)} but got {backend!r}")
     if query.shape[2] == 1 and (backend == "triton" or (backend == "auto" and query.is_cuda)):
         kernel = _triton_kernel(required=backend == "triton")
-        if kernel is not None:
+        if kernel is not None and backend == "triton":
             return kernel(query, kv, scale=scale)
+        try:
+            if kernel is not None:
+                return kernel(query, kv, scale=scale)
+        except LeanKUsageError as error:  # inputs the kernel does not take (e.g. a mask's alignment)
+            warnings.warn(f"LeanK falls back to the PyTorch attention: {error}", stacklevel=2)
     return leank_decode_torch(query, kv, scale=scale)
 
 
