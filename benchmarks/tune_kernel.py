@@ -1,8 +1,8 @@
 """Sweep launch settings of the LeanK decode kernel on a GPU (developer tool; the defaults live in the launcher).
 
 Usage: `python benchmarks/tune_kernel.py [--layers 0,10,20,31]`. Prints the host-side cost of one call, CUDA-graph
-timings (no host overhead) of the kernel against SDPA, then one line per (setting, point): mean kernel time over the
-layers, achieved bandwidth and its fraction of the measured copy bandwidth.
+timings (no host overhead) of the kernel against SDPA, then one line per (setting, point): mean CUDA-graph kernel time
+over the layers, achieved bandwidth and its fraction of the measured copy bandwidth.
 """
 
 from __future__ import annotations
@@ -81,16 +81,20 @@ def main() -> None:
     parser.add_argument("--warps", default="4,8")
     parser.add_argument("--stages", default="2,3,4")
     parser.add_argument("--ctas-per-sm", default="2,4,8")
+    parser.add_argument("--points", default=",".join(f"{t}:{b}" for t, b in POINTS), help="context:batch,...")
+    parser.add_argument("--no-report", action="store_true", help="skip the host-cost and graph-time report")
     parser.add_argument("--no-sweep", action="store_true", help="only the host-cost and graph-time report")
     args = parser.parse_args()
     masks = LeanKMasks.from_pretrained("meta-llama/Llama-3.1-8B-Instruct")
     layers = [int(x) for x in args.layers.split(",")]
     copy_gbps = copy_bandwidth_gbps()
     print(f"{torch.cuda.get_device_name()}  copy {copy_gbps:.0f} GB/s", flush=True)
-    report_host_cost(masks)
-    for context, batch in POINTS:
-        report_graph_times(masks, context, batch, copy_gbps)
-        torch.cuda.empty_cache()
+    points = [tuple(int(x) for x in point.split(":")) for point in args.points.split(",")]
+    if not args.no_report:
+        report_host_cost(masks)
+        for context, batch in points:
+            report_graph_times(masks, context, batch, copy_gbps)
+            torch.cuda.empty_cache()
     if args.no_sweep:
         return
     query_scale = 128**-0.5
@@ -102,7 +106,7 @@ def main() -> None:
         )
     )
     ctas_options = [int(x) for x in args.ctas_per_sm.split(",")]
-    for context, batch in POINTS:
+    for context, batch in points:
         caches = _layer_caches(masks, layers, context, batch, torch.bfloat16)
         query = torch.randn(batch, 32, 1, 128, device="cuda", dtype=torch.bfloat16)
         nbytes = statistics.fmean(_leank_bytes(kv, batch, 2) for kv in caches)
@@ -115,7 +119,12 @@ def main() -> None:
                 launch = functools.partial(
                     leank_decode_fwd, query, scale=query_scale, block_n=block_n, num_warps=warps, num_stages=stages
                 )
-                times = [_bench(functools.partial(launch, kv, num_splits=s), 30) for kv, s in zip(caches, splits)]
+                times = [
+                    triton.testing.do_bench_cudagraph(
+                        functools.partial(launch, kv, num_splits=s), rep=20, return_mode="median"
+                    )
+                    for kv, s in zip(caches, splits)
+                ]
             except Exception as error:  # noqa: BLE001 - report settings the compiler rejects and go on
                 print(f"T={context} B={batch} bn={block_n} w={warps} s={stages} c={ctas}: {type(error).__name__}")
                 continue

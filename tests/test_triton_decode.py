@@ -317,8 +317,9 @@ def test_choose_splits_fills_the_gpu():
         splits, split_len = triton_decode._choose_splits(batch, 6, num_mid, 64, 132)
         assert split_len % 64 == 0
         assert (splits - 1) * split_len < num_mid <= splits * split_len
-    assert triton_decode._choose_splits(1, 6, 32_000, 64, 132)[0] >= 50
-    assert triton_decode._choose_splits(64, 6, 131_000, 64, 132)[0] <= 2
+    assert 50 <= triton_decode._choose_splits(1, 6, 32_000, 64, 132)[0] <= triton_decode._MAX_SPLITS
+    assert triton_decode._choose_splits(1, 6, 10**7, 64, 132)[0] == triton_decode._MAX_SPLITS  # no length cap
+    assert triton_decode._choose_splits(64, 6, 131_000, 64, 132)[0] <= 3
     assert triton_decode._choose_splits(4, 6, 0, 64, 132) == (0, 64)
 
 

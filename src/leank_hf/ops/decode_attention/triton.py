@@ -1,5 +1,8 @@
 """Triton decode attention over a LeanK cache: one launch reads exactly the stored bytes and merges the splits.
 
+Decode only (one query row per step); multi-token chunks against a compact cache take the PyTorch path
+(`leank_decode_attention` dispatches).
+
 The launch has one program per `(split, batch row, KV head)`, KV heads ordered as stored (widest first, so the
 longest programs start first). Split 0 attends the full region (sinks + recent window, all channels); splits `1..S`
 each attend one chunk of the compact middle region, reading the head's contiguous `[T, width]` key block and its
@@ -312,7 +315,7 @@ def _sm_count(device_index: int) -> int:
 
 
 def _choose_splits(
-    batch: int, busy_heads: int, num_mid: int, block_n: int, num_sms: int, ctas_per_sm: int = 4
+    batch: int, busy_heads: int, num_mid: int, block_n: int, num_sms: int, ctas_per_sm: int = 8
 ) -> tuple[int, int]:
     """Number of middle-region splits and their length in tokens (a multiple of `block_n`).
 
