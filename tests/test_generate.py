@@ -83,8 +83,7 @@ def test_reference_differs_from_exact_attention() -> None:
     assert (exact.transpose(0, 1)[-1] - expected.logits[-1]).abs().max() > 1e-2
 
 
-@pytest.mark.parametrize("flush", [1, FLUSH])
-@pytest.mark.parametrize("family", ["llama", "llama128"])
+@pytest.mark.parametrize("family, flush", [("llama", 1), ("llama128", FLUSH)])
 def test_sampling_with_num_return_sequences(family: str, flush: int) -> None:
     model = tiny_model(family)
     expected, actual = _generate_pair(
@@ -110,8 +109,7 @@ def test_beam_search(flush: int) -> None:
     torch.testing.assert_close(actual.sequences_scores, expected.sequences_scores, rtol=0, atol=ATOL)
 
 
-@pytest.mark.parametrize("flush", [1, FLUSH])
-@pytest.mark.parametrize("family", ["llama", "gemma3"])
+@pytest.mark.parametrize("family, flush", [("llama", 1), ("llama", FLUSH), ("gemma3", FLUSH)])
 def test_left_padded_batch_matches_reference(family: str, flush: int) -> None:
     model = tiny_model(family)
     inputs = _left_padded((40, 31, 7))
@@ -199,8 +197,7 @@ def _compare_scripts(model, masks, steps) -> None:
         torch.testing.assert_close(got, want, rtol=0, atol=ATOL, msg=lambda m, call=call: f"call {call}: {m}")
 
 
-@pytest.mark.parametrize("flush", [1, FLUSH])
-@pytest.mark.parametrize("family", ["llama", "llama128", "gemma3"])
+@pytest.mark.parametrize("family, flush", [("llama", 1), ("llama", FLUSH), ("llama128", FLUSH), ("gemma3", FLUSH)])
 def test_forward_calls_with_chunks(family: str, flush: int) -> None:
     """Prefill, decode steps and multi-token chunks of several sizes, each row of a chunk with its own boundary."""
     model = tiny_model(family)
