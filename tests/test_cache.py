@@ -312,3 +312,19 @@ def test_memory_benchmark_cuts_the_middle_by_the_mask(tmp_path) -> None:
     assert 1 - (keys.used + values.used) / (keys.dense + values.dense) == pytest.approx(0.436, abs=5e-4)
     assert main(["bench", "memory", "--tokens", "2k", "--models", "Qwen2.5-7B", "--output-dir", str(tmp_path)]) == 0
     assert "Qwen2.5-7B | 2,048" in (tmp_path / "memory.md").read_text()
+
+
+def test_each_layer_allocates_where_its_keys_arrive() -> None:
+    """With `device_map="auto"` layers sit on different devices; here layer 1 lives on the meta device."""
+    model = tiny_model("llama")
+    cache = LeanKCache(random_masks(model.config), model.config)
+    for index, device in enumerate(("cpu", "meta", "cpu")):
+        keys = torch.randn(2, 2, 40, 32, device=device)
+        cache.update(keys, keys, index)
+        cache.layers[index].finish_prefill(torch.tensor([0, 3]))
+        for _ in range(2):
+            cache.update(keys[:, :, :1], keys[:, :, :1], index)
+        layer = cache.layers[index]
+        tensors = (layer.full_keys, layer.full_values, layer.mid_keys, layer.mid_values, layer.pad)
+        assert {tensor.device.type for tensor in tensors} == {device}
+    assert cache.get_seq_length() == 42 and cache.memory_footprint().used > 0
