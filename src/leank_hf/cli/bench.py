@@ -1,7 +1,8 @@
 """`leank-hf bench <benchmark>`: run a benchmark, print its table, save json + markdown under benchmarks/results/.
 
-Each benchmark is one `add_<name>(benchmarks)` function in `BENCHMARKS`: it adds its parser, with `add_output_options`,
-and sets `run` to a function of the parsed arguments that returns a `BenchmarkResult`.
+Each benchmark is one `add_<name>(benchmarks)` function listed in `BENCHMARKS`. It adds its parser, calls
+`add_output_options(parser)` and sets `run` to a function of the parsed arguments that returns a `BenchmarkResult`
+(printed and saved by `run_and_save`); a benchmark that reports differently sets its own `func` instead.
 """
 
 from __future__ import annotations
@@ -25,8 +26,10 @@ def _sizes(text: str) -> list[int]:
 
 
 def add_output_options(parser: argparse.ArgumentParser) -> None:
+    """`--output-dir` and `--no-save`, and `run_and_save` as the command."""
     parser.add_argument("--output-dir", default=str(RESULTS_DIR), help="where to save results (default: %(default)s)")
     parser.add_argument("--no-save", action="store_true", help="print the table only")
+    parser.set_defaults(func=run_and_save)
 
 
 def add_memory(benchmarks: argparse._SubParsersAction) -> None:
@@ -131,10 +134,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     benchmarks = parser.add_subparsers(dest="benchmark", required=True)
     for add in BENCHMARKS:
         add(benchmarks)
-    parser.set_defaults(func=_run)
 
 
-def _run(args: argparse.Namespace) -> int:
+def run_and_save(args: argparse.Namespace) -> int:
+    """Run `args.run`, print its table and notes, and save its files unless `--no-save`."""
     result: BenchmarkResult = args.run(args)
     print(result.table())
     for note in result.notes:
