@@ -48,9 +48,9 @@ def eval_sample(tokenizer: Any, task: str, length: int, seed: int):
 
 # ------------------------------------------------------------------------------------------------------ baselines
 def _uniform_head_mask(within_head_score: torch.Tensor, ratio: float, align: int) -> torch.Tensor:
-    """Every head keeps its best channels by `score`, all heads (almost) the same count: ranks are compared globally."""
+    """Every head keeps its best channels by score, all heads (almost) the same count (ranks compared globally)."""
     head_dim = within_head_score.shape[-1]
-    ranks = within_head_score.argsort(-1, descending=True, stable=True).argsort(-1)
+    ranks = within_head_score.argsort(dim=-1, descending=True, stable=True).argsort(dim=-1)
     return binary_mask((head_dim - ranks).float(), ratio, align)
 
 

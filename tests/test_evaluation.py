@@ -1,0 +1,65 @@
+"""Retrieval evaluation on a tiny model: baselines' shapes and choices, a keep-all mask equals the full model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from byte_tokenizer import byte_tokenizer
+from tiny_models import tiny_model
+
+from leank_hf import LeanKMasks
+from leank_hf.evaluation import (
+    baseline_masks,
+    eval_seed,
+    evaluate_retrieval,
+    format_table,
+    random_channel_mask,
+    rope_low_frequency_mask,
+)
+
+
+def test_rope_baseline_keeps_the_slowest_pairs():
+    mask = rope_low_frequency_mask((2, 3, 32), ratio=0.5, align=8)
+    expected = torch.zeros(32, dtype=torch.bool)
+    expected[8:16] = expected[24:32] = True  # pairs j = 8..15 rotate slowest (theta^(-2j/D))
+    assert bool((mask == expected).all())
+
+
+def test_random_baseline_is_seeded_and_uniform_per_head():
+    a, b = random_channel_mask((3, 2, 32), 0.75, 8, seed=1), random_channel_mask((3, 2, 32), 0.75, 8, seed=1)
+    assert torch.equal(a, b) and bool((a.sum(-1) == 8).all())
+
+
+def test_baselines_copy_ratio_align_and_windows():
+    model = tiny_model("llama", vocab_size=258)
+    mask = torch.zeros(3, 2, 32, dtype=torch.bool)
+    mask[..., :8] = True
+    mask[0, 0, 8:24] = True
+    reference = LeanKMasks(mask, align=8, sink_size=4, recent_size=8, flush_size=3)
+    baselines = baseline_masks(model, byte_tokenizer(), reference, seed=0)
+    assert set(baselines) == {"random", "key_norm", "rope_low_freq"}
+    for masks in baselines.values():
+        assert masks.pruned_ratio == pytest.approx(reference.pruned_ratio)
+        assert bool((masks.kept_counts() % 8 == 0).all())
+        assert (masks.sink_size, masks.recent_size, masks.flush_size) == (4, 8, 3)
+
+
+def test_keep_all_mask_replies_exactly_like_the_full_model():
+    model, tokenizer = tiny_model("llama", vocab_size=258), byte_tokenizer()
+    keep_all = LeanKMasks(torch.ones(3, 2, 32, dtype=torch.bool), align=8, sink_size=4, recent_size=8, flush_size=3)
+    half = LeanKMasks(torch.zeros(3, 2, 32, dtype=torch.bool), align=8, sink_size=4, recent_size=8, flush_size=3)
+    half.mask[..., :16] = True
+    report = evaluate_retrieval(
+        model, tokenizer, {"keep_all": keep_all, "half": half}, lengths=(700,), samples=1, judge_all=True,
+        progress=False,
+    )
+    questions = report["questions"]
+    assert len(questions) == 4 and report["per_length"][0]["questions"] == 4
+    assert all(q["replies"]["keep_all"] == q["replies"]["full"] for q in questions)
+    assert any(q["replies"]["half"] != q["replies"]["full"] for q in questions)  # the mask does act
+    assert "| 700 | 4 |" in format_table(report)
+
+
+def test_eval_seeds_are_held_out_from_training_seeds():
+    assert eval_seed(0, "multikey", 1024, 0) >= 1 << 40
+    assert eval_seed(0, "multikey", 1024, 1) != eval_seed(0, "multivalue", 1024, 1)
