@@ -47,7 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     model.requires_grad_(False)
     group = tokenize_sample(
         tokenizer,
-        make_multikey_sample(tokenizer, args.length, seed=1, num_needles=args.questions + 2, num_questions=args.questions),
+        make_multikey_sample(
+            tokenizer, args.length, seed=1, num_needles=args.questions + 2, num_questions=args.questions
+        ),
     )
     alpha = torch.full((30, 3, 64), 0.5, requires_grad=True)
 
@@ -78,14 +80,30 @@ def main(argv: list[str] | None = None) -> int:
         title="Mask trainer: cost of one step on CPU (SmolLM2-135M-Instruct)",
         columns=["method", "prompt tokens", "questions", "seconds per step", "seconds per question", "speed-up"],
         rows=[
-            ["shared prefix (ours)", prompt, args.questions, f"{ours:.2f}", f"{ours / args.questions:.2f}",
-             f"{full / ours:.1f}x"],
-            ["two full passes per question", prompt, args.questions, f"{full:.2f}", f"{full / args.questions:.2f}",
-             "1.0x"],
+            [
+                "shared prefix (ours)",
+                prompt,
+                args.questions,
+                f"{ours:.2f}",
+                f"{ours / args.questions:.2f}",
+                f"{full / ours:.1f}x",
+            ],
+            [
+                "two full passes per question",
+                prompt,
+                args.questions,
+                f"{full:.2f}",
+                f"{full / args.questions:.2f}",
+                "1.0x",
+            ],
         ],
         data=[{"method": "shared_prefix", "seconds": ours}, {"method": "two_full_passes", "seconds": full}],
-        settings={"length": args.length, "questions": args.questions, "repeats": args.repeats,
-                  "threads": torch.get_num_threads()},
+        settings={
+            "length": args.length,
+            "questions": args.questions,
+            "repeats": args.repeats,
+            "threads": torch.get_num_threads(),
+        },
         notes=["Median of the repeats after one warm-up; CPU timings on a shared machine are noisy."],
     )
     print(result.table())

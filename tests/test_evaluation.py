@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from byte_tokenizer import byte_tokenizer
-from tiny_models import tiny_model
 
+from byte_tokenizer import byte_tokenizer
 from leank_hf import LeanKMasks
 from leank_hf.evaluation import (
     baseline_masks,
@@ -15,7 +14,19 @@ from leank_hf.evaluation import (
     format_table,
     random_channel_mask,
     rope_low_frequency_mask,
+    verify_deployed,
 )
+from tiny_models import random_masks, tiny_model
+
+
+def peaked_byte_model():
+    """A tiny Llama over byte tokens with peaked attention, so what the middle region holds changes the replies."""
+    model = tiny_model("llama", vocab_size=258)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.q_proj.weight.mul_(4.0)
+            layer.self_attn.k_proj.weight.mul_(4.0)
+    return model
 
 
 def test_rope_baseline_keeps_the_slowest_pairs():
@@ -45,21 +56,36 @@ def test_baselines_copy_ratio_align_and_windows():
 
 
 def test_keep_all_mask_replies_exactly_like_the_full_model():
-    model, tokenizer = tiny_model("llama", vocab_size=258), byte_tokenizer()
-    keep_all = LeanKMasks(torch.ones(3, 2, 32, dtype=torch.bool), align=8, sink_size=4, recent_size=8, flush_size=3)
-    half = LeanKMasks(torch.zeros(3, 2, 32, dtype=torch.bool), align=8, sink_size=4, recent_size=8, flush_size=3)
-    half.mask[..., :16] = True
+    model, tokenizer = peaked_byte_model(), byte_tokenizer()
+    windows = dict(align=8, sink_size=4, recent_size=8, flush_size=3)
+    keep_all = LeanKMasks(torch.ones(3, 2, 32, dtype=torch.bool), **windows)
+    none = LeanKMasks(torch.zeros(3, 2, 32, dtype=torch.bool), **windows)
     report = evaluate_retrieval(
-        model, tokenizer, {"keep_all": keep_all, "half": half}, lengths=(700,), samples=1, judge_all=True,
+        model,
+        tokenizer,
+        {"keep_all": keep_all, "none": none},
+        lengths=(700,),
+        samples=1,
+        judge_all=True,
         progress=False,
     )
     questions = report["questions"]
     assert len(questions) == 4 and report["per_length"][0]["questions"] == 4
     assert all(q["replies"]["keep_all"] == q["replies"]["full"] for q in questions)
-    assert any(q["replies"]["half"] != q["replies"]["full"] for q in questions)  # the mask does act
+    assert any(q["replies"]["none"] != q["replies"]["full"] for q in questions)  # the mask does act
     assert "| 700 | 4 |" in format_table(report)
 
 
 def test_eval_seeds_are_held_out_from_training_seeds():
     assert eval_seed(0, "multikey", 1024, 0) >= 1 << 40
     assert eval_seed(0, "multikey", 1024, 1) != eval_seed(0, "multivalue", 1024, 1)
+
+
+def test_evaluation_replies_match_the_deployed_leank_cache():
+    model, tokenizer = peaked_byte_model(), byte_tokenizer()
+    masks = random_masks(model.config, align=8, sink_size=4, recent_size=8, flush_size=3)
+    report = evaluate_retrieval(
+        model, tokenizer, {"leank": masks}, lengths=(300,), samples=1, judge_all=True, progress=False
+    )
+    matches, checked = verify_deployed(model, tokenizer, masks, report, "leank", limit=3)
+    assert checked == 3 and matches == 3

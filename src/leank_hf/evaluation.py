@@ -311,7 +311,10 @@ def format_table(report: dict[str, Any]) -> str:
 
 def verify_deployed(model, tokenizer, masks: LeanKMasks, report: dict[str, Any], name: str, *, limit: int = 2):
     """Re-decode up to `limit` evaluated questions with the real `LeanKCache` + `apply_leank` (one prompt prefill
-    each) and return `(matches, checked)`: how many replies equal the evaluation's reply for method `name`."""
+    each) and return `(matches, checked)`: how many replies equal the evaluation's reply for method `name`.
+
+    The questions are taken from the first context of each task and length, where method `name` was decoded.
+    """
     from .attention import apply_leank, revert_leank
     from .cache import LeanKCache
 
@@ -321,19 +324,18 @@ def verify_deployed(model, tokenizer, masks: LeanKMasks, report: dict[str, Any],
     try:
         for task in report["settings"]["tasks"]:
             for length in report["settings"]["lengths"]:
-                if checked >= limit:
-                    return matches, checked
-                group = tokenize_sample(
-                    tokenizer, eval_sample(tokenizer, task, length, eval_seed(seed, task, length, 0))
-                )
-                question = group.questions[0]
-                expected = next(r for r in report["questions"] if r["task"] == task and r["length"] == length)
-                if name not in expected["replies"]:
-                    continue
-                ids = torch.cat([group.prefix_ids, question.suffix_ids])[None].to(model.device)
-                reply = _deployed_reply(model, tokenizer, ids, LeanKCache(masks, model.config), question)
-                checked += 1
-                matches += reply == expected["replies"][name]
+                sample = eval_sample(tokenizer, task, length, eval_seed(seed, task, length, 0))
+                group = tokenize_sample(tokenizer, sample)
+                evaluated = [r for r in report["questions"] if r["task"] == task and r["length"] == length]
+                for question, expected in zip(group.questions, evaluated):
+                    if checked >= limit:
+                        return matches, checked
+                    if name not in expected["replies"]:
+                        continue
+                    ids = torch.cat([group.prefix_ids, question.suffix_ids])[None].to(model.device)
+                    reply = _deployed_reply(model, tokenizer, ids, LeanKCache(masks, model.config), question)
+                    checked += 1
+                    matches += reply == expected["replies"][name]
     finally:
         revert_leank(model)
     return matches, checked

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -80,7 +81,14 @@ def _train(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, tokenizer = load_model(args.model, DTYPES[args.dtype], args.device)
+    device = args.device
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
+        # Launched by torchrun: one process per device (or per CPU process with gloo); alpha gradients are averaged.
+        use_cuda = device.startswith("cuda")
+        torch.distributed.init_process_group("nccl" if use_cuda else "gloo")
+        if use_cuda:
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    model, tokenizer = load_model(args.model, DTYPES[args.dtype], device)
     if args.data:
         data = PromptAnswerData(tokenizer, _read_pairs(args.data), name=Path(args.data).name)
     else:
@@ -116,5 +124,7 @@ def _train(args: argparse.Namespace) -> int:
     done = masks.training_info["completed_steps"]
     total = args.stage1_steps + args.stage2_steps
     state = "finished" if done == total else f"stopped at step {done}/{total}; continue with --resume"
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
     print(f"{state}: pruned {masks.pruned_ratio:.1%} of K channels, mask saved to {args.output}")
     return 0
