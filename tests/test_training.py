@@ -297,3 +297,22 @@ def test_two_process_gloo_run_averages_gradients(tmp_path):
     alone = torch.load(single / "checkpoint" / "trainer_state.pt", weights_only=True)["alpha"]
     assert not torch.equal(alone, rank0["alpha"])  # the second process's samples changed the update
     assert LeanKMasks.from_pretrained(tmp_path / "run").training_info["world_size"] == 2
+
+
+def test_gradient_checkpointing_gives_the_same_gradients_and_masks(tmp_path):
+    model = peaked_model()
+    grads = []
+    for checkpoint in (False, True):
+        alpha = torch.full((3, 2, 32), 0.5, requires_grad=True)
+        with training_attention_enabled(model):
+            distillation_step(
+                model,
+                RandomTokenData().group(0),
+                lambda: MiddleKeyScaling(alpha, None, SINK, RECENT, FLUSH, checkpoint=checkpoint),  # noqa: B023
+            )
+        grads.append(alpha.grad)
+    assert grads[0].abs().sum() > 0
+    torch.testing.assert_close(grads[1], grads[0], atol=1e-7, rtol=1e-5)
+    kw = dict(stage1_steps=3, stage2_steps=2, data=RandomTokenData(), **KW)
+    plain = train_masks(model, None, **kw)
+    assert torch.equal(train_masks(model, None, gradient_checkpointing=True, **kw).mask, plain.mask)

@@ -43,6 +43,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=0, help="data seed (%(default)s)")
     parser.add_argument("--checkpoint-every", type=int, default=10, help="steps between checkpoints (%(default)s)")
     parser.add_argument("--max-steps", type=int, help="stop at this step (resume later with --resume)")
+    parser.add_argument(
+        "--gradient-checkpointing", action="store_true", help="recompute the student's attention in backward"
+    )
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="model dtype (%(default)s)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="model device")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
@@ -120,6 +123,7 @@ def _train(args: argparse.Namespace) -> int:
         steps_per_sample=args.steps_per_sample,
         checkpoint_every=args.checkpoint_every,
         max_steps=args.max_steps,
+        gradient_checkpointing=args.gradient_checkpointing,
     )
     done = masks.training_info["completed_steps"]
     total = args.stage1_steps + args.stage2_steps

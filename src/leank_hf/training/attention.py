@@ -15,11 +15,13 @@ costs `n` rows instead of `T`.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
 
 import torch
+import torch.utils.checkpoint
 
 TRAIN_ATTENTION = "leank_train"
 
@@ -32,6 +34,9 @@ class MiddleKeyScaling:
         scales (`torch.Tensor`): `[num_layers, num_kv_heads, head_dim]` per-channel scales (may require grad).
         skip (`torch.Tensor`, *optional*): `[num_layers, num_kv_heads]` bool; `True` heads skip their middle keys.
         sink_size (`int`), recent_size (`int`), flush_size (`int`): the deployed cache's windows.
+        checkpoint (`bool`, *optional*, defaults to `False`): recompute the attention in the backward pass instead
+            of keeping its `[rows, keys]` logits and probabilities per layer (the student's largest activations on
+            long contexts; the rest scales with the few answer rows only).
     """
 
     scales: torch.Tensor
@@ -39,6 +44,7 @@ class MiddleKeyScaling:
     sink_size: int
     recent_size: int
     flush_size: int
+    checkpoint: bool = False
 
 
 _ACTIVE: ContextVar[MiddleKeyScaling | None] = ContextVar("leank_train_scaling", default=None)
@@ -138,7 +144,10 @@ def training_attention(module, query, key, value, attention_mask, dropout: float
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )
     layer = module.layer_idx
-    out = scaled_key_attention(
+    attention = scaled_key_attention
+    if state.checkpoint and torch.is_grad_enabled():
+        attention = functools.partial(torch.utils.checkpoint.checkpoint, scaled_key_attention, use_reentrant=False)
+    out = attention(
         query,
         key,
         value,

@@ -112,14 +112,14 @@ def _distributed() -> tuple[int, int]:
 
 
 def _middle_scaling(
-    alpha: torch.Tensor, alpha_sum: torch.Tensor, settings: TrainSettings, stage: int
+    alpha: torch.Tensor, alpha_sum: torch.Tensor, settings: TrainSettings, stage: int, checkpoint: bool
 ) -> MiddleKeyScaling:
     if stage == 1:
         scales, skip = alpha, None
     else:
         mask = binary_mask(alpha, settings.ratio, settings.align, alpha_sum)
         scales, skip = straight_through(alpha, mask), ~mask.any(-1)
-    return MiddleKeyScaling(scales, skip, settings.sink_size, settings.recent_size, settings.flush_size)
+    return MiddleKeyScaling(scales, skip, settings.sink_size, settings.recent_size, settings.flush_size, checkpoint)
 
 
 def prefill(model, prefix_ids: torch.Tensor):
@@ -194,6 +194,7 @@ def train_masks(
     steps_per_sample: int = 1,
     checkpoint_every: int = 10,
     max_steps: int | None = None,
+    gradient_checkpointing: bool = False,
     progress: bool = True,
 ) -> LeanKMasks:
     """Learn a LeanK K-channel mask for `model` (two stages, weights frozen, nothing of the model copied).
@@ -220,6 +221,10 @@ def train_masks(
             cost on long contexts).
         checkpoint_every (`int`, *optional*, defaults to 10): steps between checkpoints (with `output_dir`).
         max_steps (`int`, *optional*): stop after this global step (time-boxed runs); resume later to finish.
+        gradient_checkpointing (`bool`, *optional*, defaults to `False`): recompute the student's attention in the
+            backward pass (its `[answer rows, keys]` logits are its largest activations on long contexts; weights
+            are frozen and the prompt runs without gradients, so nothing else grows with the context). Same
+            results, less memory; may be toggled on resume.
         progress (`bool`, *optional*, defaults to `True`): show a progress bar with loss and achieved ratio.
 
     Returns:
@@ -325,7 +330,7 @@ def train_masks(
                 mse = distillation_step(
                     model,
                     group,
-                    functools.partial(_middle_scaling, alpha, alpha_sum, settings, stage),
+                    functools.partial(_middle_scaling, alpha, alpha_sum, settings, stage, gradient_checkpointing),
                     cache=cache,
                     questions=part,
                 )
