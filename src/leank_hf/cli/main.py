@@ -9,7 +9,7 @@ import sys
 from ..errors import LeanKError
 
 # Subcommand modules of this package, each with `register(subparsers)` that sets `func` on its parser.
-COMMAND_MODULES = ("bench", "env", "evaluate", "masks_commands", "train")
+COMMAND_MODULES = ("bench", "demo", "env", "evaluate", "masks_commands", "train")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,25 @@
+"""`leank-hf demo` on the embedded SmolLM2 model: the LeanK answer is right and the KV saving matches the mask."""
+
+import pytest
+import torch
+
+pytestmark = [pytest.mark.smollm2, pytest.mark.slow]
+
+
+def test_demo_answers_like_the_full_model_with_fewer_kv_bytes():
+    from leank_hf.demo import EMBEDDED_BASE_MODEL, run_demo
+    from leank_hf.masks import LeanKMasks
+    from leank_hf.models import load_embedded_model
+
+    model, tokenizer = load_embedded_model(dtype=torch.float32)
+    masks = LeanKMasks.from_pretrained(EMBEDDED_BASE_MODEL)
+    _, fact, runs = run_demo(model, tokenizer, masks, length=1024, seed=7, max_new_tokens=20)
+    assert runs["full"].correct and runs["leank"].correct, runs
+    assert runs["leank"].answer == runs["full"].answer
+    # Middle-region K shrinks by the pruned fraction and V by the zero-head fraction: independent count from the mask.
+    prompt_tokens = runs["full"].kv_bytes // (2 * 30 * 3 * 64 * 4)
+    middle = prompt_tokens - masks.sink_size - masks.recent_size
+    assert middle > 0
+    per_token_saved = 30 * 3 * 64 * 4 * (masks.pruned_ratio + masks.zero_heads().float().mean().item())
+    saved = runs["full"].kv_bytes - runs["leank"].kv_bytes
+    assert abs(saved - middle * per_token_saved) <= 64 * 30 * 3 * 64 * 4 * 2  # within one flush chunk of tokens
