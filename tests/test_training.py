@@ -254,6 +254,9 @@ def test_resume_continues_bit_for_bit(tmp_path):
     saved = LeanKMasks.from_pretrained(tmp_path / "b")
     assert torch.equal(saved.mask, full.mask) and saved.training_info["completed_steps"] == 9
     assert saved.sink_size == SINK and saved.target_ratio == 0.7 and saved.training_info["data"]["kind"]
+    assert resumed == full  # mask and metadata, the final MSE included
+    # Resuming a finished run trains nothing and returns (and saves) the same mask with the same final MSE.
+    assert train_masks(model, None, output_dir=tmp_path / "b", resume=True, **kw) == full
 
 
 def test_resume_with_other_settings_is_refused(tmp_path):

@@ -270,6 +270,7 @@ def train_masks(
     optimizer = torch.optim.AdamW([alpha], lr=settings.lr, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: settings.lr_at(step) / settings.lr)
     start = 0
+    last_mse: float | None = None  # the last step's MSE (None before any step)
     checkpoint_dir = Path(output_dir) / "checkpoint" if output_dir is not None else None
     if resume:
         state = load_checkpoint(checkpoint_dir)
@@ -285,6 +286,7 @@ def train_masks(
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
         start = int(state["step"])
+        last_mse = state["last_mse"]
     log = CsvLog(Path(output_dir) / LOG_NAME, start if resume else None) if output_dir and rank == 0 else None
     stop = settings.total_steps if max_steps is None else min(settings.total_steps, max_steps)
     bar = tqdm(total=settings.total_steps, initial=start, disable=not progress or rank != 0, desc="leank train")
@@ -299,6 +301,7 @@ def train_masks(
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
                     "step": step,
+                    "last_mse": last_mse,
                     "torch_rng": torch.get_rng_state(),
                     "settings": asdict(settings),
                 },
@@ -306,7 +309,6 @@ def train_masks(
 
     frozen = {name: p.requires_grad for name, p in model.named_parameters()}
     model.requires_grad_(False)
-    last_mse = float("nan")
     prefilled: tuple[int, Any, Any] = (-1, None, None)  # (sample index, group, its prefix cache)
     try:
         with training_attention_enabled(model):
