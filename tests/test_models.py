@@ -29,3 +29,14 @@ def test_embedded_model_loads_with_its_chat_template():
         [{"role": "user", "content": "hi"}], add_generation_prompt=True, tokenize=False
     )
     assert not model.training
+
+
+@pytest.mark.parametrize("command", ["demo", "train --output unused", "eval"])
+def test_a_model_that_cannot_load_is_a_one_line_cli_error(tmp_path, capsys, command):
+    from leank_hf.cli.main import main
+
+    missing = str(tmp_path / "no-such-model")
+    assert main([*command.split(), "--model", missing]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "Traceback" not in error
+    assert f"cannot load the model '{missing}'" in error and "'embedded'" in error

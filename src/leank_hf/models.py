@@ -91,3 +91,25 @@ def load_embedded_model(
     model.config._name_or_path = EMBEDDED_MODEL_ID
     tokenizer = AutoTokenizer.from_pretrained(str(target))
     return model.to(device).eval(), tokenizer
+
+
+def load_model(name: str, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
+    """`(model, tokenizer)` in eval mode for `"embedded"` (SmolLM2-135M-Instruct), a model folder or a Hub id.
+
+    Raises:
+        `LeanKUsageError`: naming the model when transformers cannot load it (missing folder, unknown or unreachable
+            Hub id).
+    """
+    if name == "embedded":
+        return load_embedded_model(dtype=dtype, device=device)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(name)
+    except OSError as error:
+        raise LeanKUsageError(
+            f"cannot load the model {name!r} ({str(error).splitlines()[0]}); pass a local model folder, a Hub id "
+            "that is reachable or cached, or 'embedded' for SmolLM2-135M-Instruct"
+        ) from error
+    return model.to(device).eval(), tokenizer

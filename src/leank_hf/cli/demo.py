@@ -19,20 +19,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _load(args: argparse.Namespace):
     from ..demo import EMBEDDED_BASE_MODEL
     from ..masks import LeanKMasks
+    from ..models import load_model
 
     if args.model == "embedded":
-        from ..models import load_embedded_model
-
         print("Loading SmolLM2-135M-Instruct (embedded; converted and cached on first use)...")
-        model, tokenizer = load_embedded_model(dtype=torch.float32)
-        masks = LeanKMasks.from_pretrained(args.masks or EMBEDDED_BASE_MODEL)
-    else:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
-        tokenizer = AutoTokenizer.from_pretrained(args.model)
-        masks = LeanKMasks.from_pretrained(args.masks or model.config._name_or_path)
-    return model.eval(), tokenizer, masks
+    model, tokenizer = load_model(args.model, torch.float32)
+    default_masks = EMBEDDED_BASE_MODEL if args.model == "embedded" else model.config._name_or_path
+    masks = LeanKMasks.from_pretrained(args.masks or default_masks)
+    masks.check_compatible(model.config)
+    return model, tokenizer, masks
 
 
 def run(args: argparse.Namespace) -> int:
@@ -44,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
         f"windows sink {masks.sink_size} / recent {masks.recent_size} / flush {masks.flush_size}"
     )
     print(f"Running a {args.length}-token retrieval prompt twice (full model, then LeanK)...")
-    question, fact, runs = run_demo(model, tokenizer, masks, length=args.length, seed=args.seed)
+    question, fact, runs = run_demo(model, tokenizer, masks, length=args.length, seed=args.seed, progress=True)
     full, leank = runs["full"], runs["leank"]
     print(f"\nQuestion: {question}   (expected: {fact})\n")
     rows = [

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from .train import DTYPES, load_model
+from .train import DTYPES
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -58,6 +58,7 @@ def _load_mask(name: str | None, model):
 def _evaluate(args: argparse.Namespace) -> int:
     from .. import __version__
     from ..evaluation import baseline_masks, evaluate_retrieval, format_table, verify_deployed
+    from ..models import load_model
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -52,18 +52,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=_train)
 
 
-def load_model(name: str, dtype: torch.dtype, device: str):
-    """`(model, tokenizer)` for a folder / Hub id, or the embedded SmolLM2 for `"embedded"`."""
-    if name == "embedded":
-        from ..models import load_embedded_model
-
-        return load_embedded_model(dtype=dtype, device=device)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype).to(device).eval()
-    return model, AutoTokenizer.from_pretrained(name)
-
-
 def _read_pairs(path: str) -> list[tuple[str, str]]:
     pairs = []
     for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
@@ -80,6 +68,7 @@ def _read_pairs(path: str) -> list[tuple[str, str]]:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from ..models import load_model
     from ..training import PromptAnswerData, SyntheticRetrievalData, train_masks
 
     if args.threads:
