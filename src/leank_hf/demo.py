@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 from transformers import DynamicCache
 
 from .attention import apply_leank
@@ -35,15 +38,45 @@ def kv_cache_bytes(cache: Any) -> int:
     return sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers if layer.is_initialized)
 
 
-def run_method(model: Any, input_ids: torch.Tensor, cache: Any, fact: str, tokenizer: Any, max_new_tokens: int):
-    """Prefill `input_ids` into `cache`, decode greedily, and time both phases."""
+@contextmanager
+def layer_progress(model: Any, desc: str, enabled: bool = True) -> Iterator[None]:
+    """Show a progress bar that advances as each decoder layer of `model` finishes its forward pass."""
+    layers = model.base_model.layers
+    bar = tqdm(total=len(layers), desc=desc, unit="layer", disable=not enabled, leave=False)
+
+    def advance(*_: Any) -> None:  # a forward hook that returned a value would replace the layer's output
+        bar.update(1)
+
+    handles = [layer.register_forward_hook(advance) for layer in layers]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+        bar.close()
+
+
+def run_method(
+    model: Any,
+    input_ids: torch.Tensor,
+    cache: Any,
+    fact: str,
+    tokenizer: Any,
+    max_new_tokens: int,
+    *,
+    name: str = "",
+    progress: bool = False,
+) -> DemoRun:
+    """Prefill `input_ids` into `cache`, decode greedily, and time both phases (progress bars named `name`)."""
     with torch.no_grad():
         start = time.perf_counter()
-        out = model(input_ids, past_key_values=cache, use_cache=True)
+        with layer_progress(model, f"{name} prefill", progress):
+            out = model(input_ids, past_key_values=cache, use_cache=True)
         prefill_s = time.perf_counter() - start
         kv_bytes = kv_cache_bytes(cache)  # after the prompt: what long-context decoding reads each step
         token = out.logits[:, -1:].argmax(-1)
         generated = [token]
+        bar = tqdm(total=max_new_tokens - 1, desc=f"{name} decode", unit="tok", disable=not progress, leave=False)
         start = time.perf_counter()
         for _ in range(max_new_tokens - 1):
             if int(token) == tokenizer.eos_token_id:
@@ -51,16 +84,27 @@ def run_method(model: Any, input_ids: torch.Tensor, cache: Any, fact: str, token
             out = model(token, past_key_values=cache, use_cache=True)
             token = out.logits[:, -1:].argmax(-1)
             generated.append(token)
+            bar.update(1)
         decode_s = time.perf_counter() - start
+        bar.close()
     answer = tokenizer.decode(torch.cat(generated, dim=1)[0], skip_special_tokens=True).strip()
     decode_rate = (len(generated) - 1) / decode_s if decode_s > 0 and len(generated) > 1 else float("nan")
     return DemoRun(answer, fact in answer, kv_bytes, input_ids.shape[1] / prefill_s, decode_rate)
 
 
 def run_demo(
-    model: Any, tokenizer: Any, masks: LeanKMasks, *, length: int = 2048, seed: int = 7, max_new_tokens: int = 24
+    model: Any,
+    tokenizer: Any,
+    masks: LeanKMasks,
+    *,
+    length: int = 2048,
+    seed: int = 7,
+    max_new_tokens: int = 24,
+    progress: bool = False,
 ) -> tuple[str, str, dict[str, DemoRun]]:
     """Ask one multi-key retrieval question of a `length`-token prompt with a `DynamicCache` and a `LeanKCache`.
+
+    With `progress`, bars show each prefill layer by layer and each decode token by token.
 
     Returns:
         `(question, expected fact, {"full": DemoRun, "leank": DemoRun})`.
@@ -69,12 +113,11 @@ def run_demo(
     question = sample.questions[0]
     input_ids = torch.tensor([chat_prompt_ids(tokenizer, f"{sample.context}\n\n{question.question}")])
     apply_leank(model)
+    caches = {"full": DynamicCache(config=model.config), "leank": LeanKCache(masks, model.config)}
     runs = {
-        "full": run_method(
-            model, input_ids, DynamicCache(config=model.config), question.facts[0], tokenizer, max_new_tokens
-        ),
-        "leank": run_method(
-            model, input_ids, LeanKCache(masks, model.config), question.facts[0], tokenizer, max_new_tokens
-        ),
+        name: run_method(
+            model, input_ids, cache, question.facts[0], tokenizer, max_new_tokens, name=name, progress=progress
+        )
+        for name, cache in caches.items()
     }
     return question.question, question.facts[0], runs
