@@ -11,37 +11,24 @@ import argparse
 import functools
 import itertools
 import statistics
-import time
 
 import torch
 import triton.testing
 
 from leank_hf import LeanKMasks
-from leank_hf.benchmarks.kernel import _bench, _layer_caches, _leank_bytes, copy_bandwidth_gbps
+from leank_hf.benchmarks.kernel import _bench, _layer_caches, _leank_bytes, copy_bandwidth_gbps, host_us_per_call
 from leank_hf.ops.decode_attention.triton import _check_inputs, _choose_splits, _sm_count, leank_decode_fwd
 
 POINTS = [(32768, 8), (32768, 1), (131072, 1), (32768, 32)]
-
-
-def host_us(fn, calls: int = 300) -> float:
-    """Host time per call in microseconds (GPU work must be shorter than that for this to mean anything)."""
-    fn()
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    elapsed = time.perf_counter() - start
-    torch.cuda.synchronize()
-    return elapsed / calls * 1e6
 
 
 def report_host_cost(masks: LeanKMasks) -> None:
     """Host cost of one call on a small problem (the GPU finishes first, so the host time is what is measured)."""
     (kv,) = _layer_caches(masks, [10], 8192, 1, torch.bfloat16)
     query = torch.randn(1, 32, 1, 128, device="cuda", dtype=torch.bfloat16)
-    call = host_us(functools.partial(leank_decode_fwd, query, kv, 0.1))
-    check = host_us(functools.partial(_check_inputs, query, kv))
-    alloc = host_us(functools.partial(torch.empty, 4096, device="cuda"))
+    call = host_us_per_call(functools.partial(leank_decode_fwd, query, kv, 0.1))
+    check = host_us_per_call(functools.partial(_check_inputs, query, kv))
+    alloc = host_us_per_call(functools.partial(torch.empty, 4096, device="cuda"))
     print(f"host us/call: leank_decode_fwd {call:.1f}, _check_inputs {check:.1f}, torch.empty {alloc:.1f}", flush=True)
 
 
