@@ -75,6 +75,7 @@ def test_notebook_runs_and_its_results_hold(tmp_path, monkeypatch):
 
     monkeypatch.setenv("JUPYTER_PATH", str(tmp_path))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the notebook must not need the Hub
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # the training run's temporary folder goes with the test's
     monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")  # figures become image outputs
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     notebook.cells.append(nbformat.v4.new_code_cell(REPORT_CELL))
