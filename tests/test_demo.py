@@ -3,9 +3,27 @@
 import pytest
 import torch
 
-pytestmark = [pytest.mark.smollm2, pytest.mark.slow]
+from tiny_models import tiny_model
 
 
+def test_layer_progress_counts_every_layer_and_leaves_outputs_alone():
+    from leank_hf.demo import layer_progress
+
+    model = tiny_model("llama")
+    input_ids = torch.randint(0, model.config.vocab_size, (1, 12))
+    with torch.no_grad():
+        expected = model(input_ids).logits
+        with layer_progress(model, "prefill") as bar:
+            logits = model(input_ids).logits
+        with layer_progress(model, "prefill", enabled=False) as no_bar:
+            model(input_ids)
+    torch.testing.assert_close(logits, expected, rtol=0, atol=0)
+    assert bar.n == model.config.num_hidden_layers and no_bar is None
+    assert not any(layer._forward_hooks for layer in model.model.layers)  # hooks removed
+
+
+@pytest.mark.smollm2
+@pytest.mark.slow
 def test_demo_answers_like_the_full_model_with_fewer_kv_bytes():
     from leank_hf.demo import EMBEDDED_BASE_MODEL, run_demo
     from leank_hf.masks import LeanKMasks

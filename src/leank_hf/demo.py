@@ -39,17 +39,24 @@ def kv_cache_bytes(cache: Any) -> int:
 
 
 @contextmanager
-def layer_progress(model: Any, desc: str, enabled: bool = True) -> Iterator[None]:
-    """Show a progress bar that advances as each decoder layer of `model` finishes its forward pass."""
-    layers = model.base_model.layers
-    bar = tqdm(total=len(layers), desc=desc, unit="layer", disable=not enabled, leave=False)
+def layer_progress(model: Any, desc: str, enabled: bool = True) -> Iterator[tqdm | None]:
+    """Show a progress bar that advances as each decoder layer of `model` finishes its forward pass.
+
+    Yields the bar, or `None` when disabled or when the model keeps its decoder layers elsewhere than
+    `model.base_model.layers`.
+    """
+    layers = getattr(model.base_model, "layers", None) if enabled else None
+    if layers is None:
+        yield None
+        return
+    bar = tqdm(total=len(layers), desc=desc, unit="layer", leave=False, mininterval=0)  # layers are slow: draw each
 
     def advance(*_: Any) -> None:  # a forward hook that returned a value would replace the layer's output
         bar.update(1)
 
     handles = [layer.register_forward_hook(advance) for layer in layers]
     try:
-        yield
+        yield bar
     finally:
         for handle in handles:
             handle.remove()
