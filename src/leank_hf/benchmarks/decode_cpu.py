@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 from transformers import AttentionInterface, DynamicCache, LlamaConfig, LlamaForCausalLM
 from transformers.cache_utils import DynamicLayer
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
@@ -173,7 +174,7 @@ def _run(contexts: Sequence[int], num_layers: int, steps: int, warmup: int, dtyp
     models = build_models(num_layers, dtype)
     masks = models[2]
     rows, data = [], []
-    for context in contexts:
+    for context in tqdm(contexts, desc="bench decode", unit="context", leave=False):
         result = measure(models, context, steps, warmup, dtype)
         (dense_step, leank_step), (dense_layer, leank_layer, sdpa_only) = result["step"], result["layer"]
         medians = [statistics.median(times) * 1e3 for times in (dense_step, leank_step, dense_layer, leank_layer)]

@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
+from tqdm.auto import tqdm
 
 from ..errors import LeanKUsageError
 from ..masks import LeanKMasks
@@ -312,12 +313,11 @@ def run_kernel_benchmark(
     copy_gbps = copy_bandwidth_gbps()
     host = measure_host_cost(masks)
     results, skipped = [], []
-    for context in contexts:
-        for batch in batches:
-            if _fits(context, batch, torch.bfloat16):
-                results.append(bench_point(masks, layers, context, batch, copy_gbps=copy_gbps, rep_ms=rep_ms))
-            else:
-                skipped.append(f"{context}x{batch}")
+    for context, batch in tqdm([(c, b) for c in contexts for b in batches], desc="bench kernel", leave=False):
+        if _fits(context, batch, torch.bfloat16):
+            results.append(bench_point(masks, layers, context, batch, copy_gbps=copy_gbps, rep_ms=rep_ms))
+        else:
+            skipped.append(f"{context}x{batch}")
     device = torch.cuda.get_device_name()
     notes = [
         f"{device}, bf16, Llama-3.1-8B attention shape (32 q / 8 KV heads, head_dim 128), mask {masks.base_model}; "
