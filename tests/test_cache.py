@@ -8,7 +8,8 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicSlidingWindowLayer
 
 from leank_hf import LeanKCache, LeanKMasks, LeanKUsageError, MaskError
-from leank_hf.cache import REGIONS, LeanKLayer, LeanKStates, flushed_length
+from leank_hf.cache import REGIONS, LeanKLayer, LeanKStates
+from leank_hf.contract import Windows
 from tiny_models import FLUSH, RECENT, SINK, random_masks, tiny_model
 
 
@@ -84,10 +85,10 @@ def test_regions_hold_the_right_tokens(sink: int, flush: int, pad) -> None:
         else:
             (kv,) = _feed(layer, keys, values, [layer.length, stop])
             length = layer.length
-            assert kv.num_mid == layer.num_mid == flushed_length(length, sink, RECENT, flush) - sink
-            assert kv.recent_start == flushed_length(kv.query_start + 1, sink, RECENT, flush)
+            assert kv.num_mid == layer.num_mid == Windows(sink, RECENT, flush).flushed(length) - sink
+            assert kv.recent_start == Windows(sink, RECENT, flush).flushed(kv.query_start + 1)
             assert kv.boundaries == tuple(
-                flushed_length(position + 1, sink, RECENT, flush) for position in range(kv.query_start, length)
+                Windows(sink, RECENT, flush).flushed(position + 1) for position in range(kv.query_start, length)
             )
         _check_storage(layer, mask, keys, values, pad)
 
@@ -96,7 +97,7 @@ def test_prompt_window_allows_cropping_flush_size_tokens() -> None:
     layer = LeanKLayer(_layer_mask(), sink_size=SINK, recent_size=RECENT, flush_size=5)
     keys = torch.randn(1, 5, 50, 32)
     _feed(layer, keys, keys, [0, 50])
-    assert layer.recent_start == flushed_length(46, SINK, RECENT, 5)
+    assert layer.recent_start == Windows(SINK, RECENT, 5).flushed(46)
     layer.crop(-5)
     with pytest.raises(LeanKUsageError, match="at most"):
         layer.crop(-5)

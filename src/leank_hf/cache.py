@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin, DynamicSlidingWindowLayer
 
+from .contract import FULL_ATTENTION, SLIDING_ATTENTION, ModelShape, Windows
 from .errors import LeanKUsageError, MaskError
 from .masks import LeanKMasks
 from .ops.decode_attention.layout import CompactKV, HeadLayout
@@ -114,11 +115,6 @@ class MemoryFootprint:
         return sum(region.dense for region in self.regions.values())
 
 
-def flushed_length(length: int, sink_size: int, recent_size: int, flush_size: int) -> int:
-    """Global slot where the full recent window starts when a layer holds `length` slots (DESIGN.md `flushed`)."""
-    return sink_size + flush_size * (max(0, length - sink_size - recent_size) // flush_size)
-
-
 class LeanKLayer(CacheLayerMixin):
     """One full-attention layer of a `LeanKCache`.
 
@@ -145,6 +141,7 @@ class LeanKLayer(CacheLayerMixin):
     def __init__(self, layer_mask: torch.Tensor, *, sink_size: int, recent_size: int, flush_size: int):
         super().__init__()
         self.host_layout = HeadLayout.from_mask(layer_mask)
+        self.windows = Windows(sink_size, recent_size, flush_size)
         self.sink_size, self.recent_size, self.flush_size = sink_size, recent_size, flush_size
         self._clear()
 
@@ -190,7 +187,7 @@ class LeanKLayer(CacheLayerMixin):
         return max(0, self.length - self.recent_start)
 
     def _flushed(self, length: int) -> int:
-        return flushed_length(length, self.sink_size, self.recent_size, self.flush_size)
+        return self.windows.flushed(length)
 
     # ----------------------------------------------------------------- update
     def update(
@@ -524,15 +521,22 @@ class LeanKCache(Cache):
     ):
         if not isinstance(masks, LeanKMasks):
             raise LeanKUsageError(f"`masks` must be a LeanKMasks, got {type(masks).__name__}")
-        masks.check_compatible(config)
+        shape = ModelShape.from_config(config)
+        shape.check_mask(masks.mask, made_for=masks.base_model)
         self.masks = masks
-        self.sink_size = _window_size("sink_size", masks.sink_size if sink_size is None else sink_size, minimum=0)
-        self.recent_size = _window_size("recent_size", masks.recent_size if recent_size is None else recent_size)
-        self.flush_size = _window_size("flush_size", masks.flush_size if flush_size is None else flush_size)
-        text = config.get_text_config(decoder=True)
+        self.windows = Windows(
+            masks.sink_size if sink_size is None else sink_size,
+            masks.recent_size if recent_size is None else recent_size,
+            masks.flush_size if flush_size is None else flush_size,
+        )
+        self.sink_size, self.recent_size, self.flush_size = (
+            self.windows.sink_size,
+            self.windows.recent_size,
+            self.windows.flush_size,
+        )
         layers: list[CacheLayerMixin] = []
-        for index, layer_type in enumerate(_layer_types(text)):
-            if layer_type == "full_attention":
+        for index, layer_type in enumerate(shape.layer_types):
+            if layer_type == FULL_ATTENTION:
                 layers.append(
                     LeanKLayer(
                         masks.mask[index],
@@ -541,14 +545,8 @@ class LeanKCache(Cache):
                         flush_size=self.flush_size,
                     )
                 )
-            elif layer_type == "sliding_attention":
-                if not bool(masks.mask[index].all()):
-                    raise MaskError(
-                        f"layer {index} is a sliding-window layer (config.sliding_window={text.sliding_window}), "
-                        "which LeanK leaves unpruned, but the mask prunes channels there; use a mask made for this "
-                        "config or set that layer's mask to all ones"
-                    )
-                layers.append(DynamicSlidingWindowLayer(sliding_window=text.sliding_window))
+            elif layer_type == SLIDING_ATTENTION:
+                layers.append(DynamicSlidingWindowLayer(sliding_window=shape.sliding_window))
             else:
                 raise LeanKUsageError(
                     f"layer {index} is a {layer_type!r} layer, which LeanKCache does not support: it prunes "
@@ -593,21 +591,3 @@ class LeanKCache(Cache):
                 values = RegionBytes(layer.values.nbytes, layer.values.nbytes, layer.values.nbytes)
                 total = total + MemoryFootprint({**MemoryFootprint().regions, "keys/full": keys, "values/full": values})
         return total
-
-
-def _layer_types(text_config: Any) -> list[str]:
-    """Layer types as transformers' `DynamicCache` infers them."""
-    layer_types = getattr(text_config, "layer_types", None)
-    if layer_types is not None:
-        return list(layer_types)
-    if getattr(text_config, "sliding_window", None) is not None:
-        return ["sliding_attention"] * text_config.num_hidden_layers
-    if getattr(text_config, "attention_chunk_size", None) is not None:
-        return ["chunked_attention"] * text_config.num_hidden_layers
-    return ["full_attention"] * text_config.num_hidden_layers
-
-
-def _window_size(name: str, value: Any, minimum: int = 1) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise LeanKUsageError(f"`{name}` must be an int >= {minimum}, got {value!r}")
-    return value

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .constants import MASK_FORMAT_VERSION
+from .contract import ModelShape
 from .errors import MaskError
 
 if TYPE_CHECKING:
@@ -247,25 +248,7 @@ class LeanKMasks:
         Checks layer count, KV head count and head_dim, and that the model's full-attention layers are what the mask
         prunes. Sliding-window layers of mixed models are left unpruned and must keep all channels in the mask.
         """
-        text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
-        num_layers = text.num_hidden_layers
-        num_kv_heads = getattr(text, "num_key_value_heads", None) or text.num_attention_heads
-        head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
-        expected = (num_layers, num_kv_heads, head_dim)
-        if tuple(self.mask.shape) != expected:
-            name = getattr(text, "_name_or_path", "") or getattr(text, "model_type", "model")
-            raise MaskError(
-                f"mask shape {list(self.mask.shape)} (layers, KV heads, head_dim) does not match {name!r} with "
-                f"{list(expected)}; this mask was made for {self.base_model or 'another model'}: load the mask "
-                "trained for this model or train one with `leank-hf train`"
-            )
-        layer_types = getattr(text, "layer_types", None) or ["full_attention"] * num_layers
-        for layer, layer_type in enumerate(layer_types):
-            if layer_type != "full_attention" and not bool(self.mask[layer].all()):
-                raise MaskError(
-                    f"layer {layer} is a {layer_type!r} layer, which LeanK leaves unpruned, but the mask prunes "
-                    "channels there; set that layer's mask to all ones"
-                )
+        ModelShape.from_config(config).check_mask(self.mask, made_for=self.base_model)
 
     # ------------------------------------------------------------------ I/O
     @classmethod

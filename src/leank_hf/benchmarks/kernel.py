@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 import torch
 from tqdm.auto import tqdm
 
+from ..contract import Windows
 from ..errors import LeanKUsageError
 from ..masks import LeanKMasks
 from ..ops.decode_attention.layout import CompactKV, HeadLayout
@@ -95,7 +96,7 @@ def copy_bandwidth_gbps(size_bytes: int = 2 << 30, rep_ms: int = 100) -> float:
 
 def _window(context: int, sink: int, recent: int, flush: int) -> tuple[int, int]:
     """`(boundary, num_recent)` of a decode step with `context` cached slots (DESIGN.md's flush rule)."""
-    boundary = max(sink, sink + flush * (max(0, context - sink - recent) // flush))
+    boundary = Windows(sink, recent, flush).flushed(context)
     return boundary, context - boundary
 
 

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import torch
 import torch.utils.checkpoint
 
+from ..contract import Windows
+
 TRAIN_ATTENTION = "leank_train"
 
 
@@ -60,22 +62,12 @@ def scaled_middle_keys(scaling: MiddleKeyScaling) -> Iterator[None]:
         _ACTIVE.reset(token)
 
 
-def recent_boundaries(query_slots: torch.Tensor, *, sink_size: int, recent_size: int, flush_size: int) -> torch.Tensor:
-    """Start of the full recent window for query rows at global slots `query_slots` (the cache holds `q + 1` slots).
-
-    `flushed(L) = sink_size + flush_size * floor(max(0, L - sink_size - recent_size) / flush_size)`, never below
-    `sink_size`.
-    """
-    excess = (query_slots + 1 - sink_size - recent_size).clamp(min=0)
-    return sink_size + flush_size * torch.div(excess, flush_size, rounding_mode="floor")
-
-
 def middle_region(
     num_queries: int, num_keys: int, *, sink_size: int, recent_size: int, flush_size: int, device=None
 ) -> torch.Tensor:
     """Bool `[n, T]`: `True` where key slot `g` is in the middle region of query row `i` (at slot `T - n + i`)."""
     slots = torch.arange(num_keys - num_queries, num_keys, device=device)
-    boundary = recent_boundaries(slots, sink_size=sink_size, recent_size=recent_size, flush_size=flush_size)
+    boundary = Windows(sink_size, recent_size, flush_size).boundary(slots)
     keys = torch.arange(num_keys, device=device)
     return (keys[None, :] >= sink_size) & (keys[None, :] < boundary[:, None])
 
@@ -100,7 +92,7 @@ def scaled_key_attention(
         key (`torch.Tensor`), value (`torch.Tensor`): `[B, Hkv, T, D]` post-RoPE keys and values.
         scales (`torch.Tensor`): `[Hkv, D]` channel scales of middle keys.
         skip (`torch.Tensor`, *optional*): `[Hkv]` bool, heads that ignore middle keys.
-        sink_size (`int`), recent_size (`int`), flush_size (`int`): windows (see `recent_boundaries`).
+        sink_size (`int`), recent_size (`int`), flush_size (`int`): windows (see `leank_hf.contract.Windows`).
         scaling (`float`): softmax scale.
         attention_mask (`torch.Tensor`, *optional*): `[B, 1, n, T]` bool (`True` = attend) or additive float mask.
 

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..contract import ModelShape
 from ..errors import LeanKUsageError
 from ..masks import LeanKMasks
 from .attention import MiddleKeyScaling, scaled_middle_keys, training_attention_enabled, truncate_cache
@@ -94,15 +95,9 @@ class TrainSettings:
 
 def model_shape(model) -> tuple[int, int, int]:
     """`(num_layers, num_kv_heads, head_dim)` of a decoder; raises for layer types the trainer cannot prune."""
-    text = model.config.get_text_config(decoder=True)
-    layer_types = getattr(text, "layer_types", None) or ["full_attention"] * text.num_hidden_layers
-    if any(t != "full_attention" for t in layer_types):
-        raise LeanKUsageError(
-            f"the trainer supports models whose layers are all full attention; this one has {sorted(set(layer_types))}"
-        )
-    num_kv_heads = getattr(text, "num_key_value_heads", None) or text.num_attention_heads
-    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
-    return text.num_hidden_layers, num_kv_heads, head_dim
+    shape = ModelShape.from_config(model.config)
+    shape.require_all_full_attention("the trainer")
+    return shape.mask_shape
 
 
 def _distributed() -> tuple[int, int]:
