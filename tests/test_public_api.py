@@ -11,6 +11,7 @@ PUBLIC = {
     "LeanKCache",
     "LeanKError",
     "LeanKMasks",
+    "LeanKStaticCache",
     "LeanKUsageError",
     "MaskError",
     "__version__",

@@ -5,6 +5,7 @@ from .attention import apply_leank, revert_leank
 from .cache import LeanKCache
 from .errors import LeanKError, LeanKUsageError, MaskError
 from .masks import LeanKMasks
+from .static_cache import LeanKStaticCache
 from .training import train_masks
 
 __version__ = "0.1.0"
@@ -13,6 +14,7 @@ __all__ = [
     "LeanKCache",
     "LeanKError",
     "LeanKMasks",
+    "LeanKStaticCache",
     "LeanKUsageError",
     "MaskError",
     "__version__",

@@ -18,7 +18,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from .cache import LeanKStates, PrefillKV
 from .constants import ATTN_IMPLEMENTATION
 from .errors import LeanKUsageError
-from .ops.decode_attention import BACKENDS, leank_decode_attention
+from .ops.decode_attention import BACKENDS, StaticKV, leank_decode_attention, leank_static_decode_attention
 
 _PREVIOUS_ATTRIBUTE = "_leank_previous_attn_implementation"
 
@@ -52,13 +52,18 @@ def _leank_attention(backend: str) -> Callable[..., tuple[torch.Tensor, None]]:
         _check_supported(module, dropout, kwargs)
         payload = key.payload
         if isinstance(payload, PrefillKV):
+            prompt_mask = None if attention_mask is None else attention_mask[..., : payload.keys.shape[2]]
             output = sdpa_attention_forward(
-                module, query, payload.keys, payload.values, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+                module, query, payload.keys, payload.values, prompt_mask, dropout=dropout, scaling=scaling, **kwargs
             )
             payload.layer.finish_prefill(left_padding(attention_mask, query.shape[0]))
             return output
         scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-        output = leank_decode_attention(query, payload, scale=scale, backend=backend)
+        if isinstance(payload, StaticKV):
+            payload.key_mask = key_mask(attention_mask, query.shape[0])
+            output = leank_static_decode_attention(query, payload, scale=scale, backend=backend)
+        else:
+            output = leank_decode_attention(query, payload, scale=scale, backend=backend)
         return output.transpose(1, 2).contiguous(), None
 
     leank_attention.__name__ = implementation_name(backend) + "_attention"
@@ -102,6 +107,18 @@ def left_padding(attention_mask: torch.Tensor | None, batch_size: int) -> torch.
     else:
         allowed = attention_mask[:, 0, -1] > torch.finfo(attention_mask.dtype).min
     return allowed.int().argmax(-1).expand(batch_size)
+
+
+def key_mask(attention_mask: torch.Tensor | None, batch_size: int) -> torch.Tensor | None:
+    """Which cached slots may be attended, `[B, kv]` bool: the last query row of a 4D mask (`None` without a mask).
+
+    The last row is causal-inclusive of every key, so a False there is a padded or masked position.
+    """
+    if attention_mask is None:
+        return None
+    last = attention_mask[:, 0, -1]
+    allowed = last if last.dtype == torch.bool else last > torch.finfo(last.dtype).min
+    return allowed.expand(batch_size, -1)
 
 
 def register_leank_attention() -> None:

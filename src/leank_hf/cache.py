@@ -19,7 +19,7 @@ from transformers.cache_utils import Cache, CacheLayerMixin, DynamicSlidingWindo
 from .contract import FULL_ATTENTION, SLIDING_ATTENTION, ModelShape, Windows
 from .errors import LeanKUsageError, MaskError
 from .masks import LeanKMasks
-from .ops.decode_attention.layout import CompactKV, HeadLayout
+from .ops.decode_attention.layout import CompactKV, HeadLayout, StaticKV
 
 # Tokens written to the middle region per `index_copy_`: bounds the index tensor on long prompts.
 _WRITE_CHUNK = 4096
@@ -37,17 +37,13 @@ _NOT_SWITCHED = (
 class LeanKStates:
     """What a LeanK layer returns from `update` in place of key and value tensors.
 
-    Only the LeanK attention function opens it (`payload`); any other attention implementation touches an attribute
-    such as `.shape` first and gets a `LeanKUsageError` that says to call `apply_leank`, instead of computing garbage.
+    Only the LeanK attention function opens it (`payload`); any other attention implementation touches a tensor
+    attribute such as `.shape` first and gets a `LeanKUsageError` that says to call `apply_leank`, instead of computing
+    garbage. The refusing attributes are plain properties (no `__getattr__`), so torch.compile traces the object.
     """
 
-    __slots__ = ("payload",)
-
-    def __init__(self, payload: PrefillKV | CompactKV):
+    def __init__(self, payload: PrefillKV | CompactKV | StaticKV):
         self.payload = payload
-
-    def __getattr__(self, name: str) -> Any:
-        raise LeanKUsageError(_NOT_SWITCHED)
 
     def __getitem__(self, index: Any) -> Any:
         raise LeanKUsageError(_NOT_SWITCHED)
@@ -57,6 +53,19 @@ class LeanKStates:
 
     def __repr__(self) -> str:
         return f"LeanKStates({type(self.payload).__name__})"
+
+
+def _refuse(self: LeanKStates) -> Any:
+    raise LeanKUsageError(_NOT_SWITCHED)
+
+
+# Tensor attributes other attention implementations (sdpa, eager, flash, flex) read from keys and values.
+_TENSOR_ATTRIBUTES = (
+    "contiguous", "device", "dim", "dtype", "expand", "float", "is_cuda", "ndim", "reshape", "shape", "size", "to",
+    "transpose", "unsqueeze", "view",
+)  # fmt: skip
+for _name in _TENSOR_ATTRIBUTES:
+    setattr(LeanKStates, _name, property(_refuse))
 
 
 @dataclass
@@ -165,15 +174,7 @@ class LeanKLayer(CacheLayerMixin):
                 f"{list(self.host_layout.channels.shape)}; use the mask made for this model"
             )
         self.dtype, self.device, self.batch = key_states.dtype, key_states.device, batch
-        host = self.host_layout
-        layout = self.layout = host.to(self.device)
-        # Per compact channel k (storage order): its head's width and offset, and its position within the head.
-        widths = host.widths.long()[host.storage_order]
-        channel_widths = torch.repeat_interleave(widths, widths)
-        channel_offsets = torch.repeat_interleave(host.offsets[host.storage_order], widths)
-        self._channel_widths = channel_widths.to(self.device)
-        self._channel_offsets = channel_offsets.to(self.device)
-        self._channel_positions = (torch.arange(host.total_width) - channel_offsets).to(self.device)
+        layout = self.layout = self.host_layout.to(self.device)
         self._value_heads = layout.storage_order[: layout.num_value_heads]
         self.full_keys = self.full_values = self._full_buffer(0)
         self.mid_keys = key_states.new_empty(batch, 0)
@@ -344,7 +345,7 @@ class LeanKLayer(CacheLayerMixin):
                 flat = chunk_keys.transpose(1, 2).reshape(batch, size, -1)
                 compact = flat.index_select(2, layout.gather_index)  # [B, T, C] in storage order
                 tokens = torch.arange(first, first + size, device=self.device)[:, None]
-                index = self._mid_index_base + tokens * self._channel_widths  # [T, C]
+                index = self._mid_index_base + tokens * self._mid_index_step  # [T, C]
                 self.mid_keys.index_copy_(1, index.flatten(), compact.flatten(1))
             if layout.num_value_heads:
                 chunk_values = values[:, :, offset : offset + _WRITE_CHUNK]
@@ -373,7 +374,7 @@ class LeanKLayer(CacheLayerMixin):
     def _set_mid_capacity(self, capacity: int) -> None:
         self.mid_cap = capacity
         # Element of compact channel k at middle index t: base[k] + t * width[k] (see layout.py).
-        self._mid_index_base = capacity * self._channel_offsets + self._channel_positions
+        self._mid_index_base, self._mid_index_step = self.host_layout.middle_key_index(capacity, self.device)
 
     # -------------------------------------------------------- Cache protocol
     def get_seq_length(self) -> int:

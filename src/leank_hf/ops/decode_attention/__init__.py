@@ -9,12 +9,22 @@ from collections.abc import Callable
 import torch
 
 from ...errors import LeanKUsageError
-from .layout import CompactKV, HeadLayout, WidthGroup
-from .naive import leank_decode_torch
+from .layout import CompactKV, HeadLayout, StaticKV, WidthGroup
+from .naive import leank_decode_torch, leank_static_decode_torch
 
 BACKENDS = ("auto", "torch", "triton")
 
-__all__ = ["BACKENDS", "CompactKV", "HeadLayout", "WidthGroup", "leank_decode_attention", "leank_decode_torch"]
+__all__ = [
+    "BACKENDS",
+    "CompactKV",
+    "HeadLayout",
+    "StaticKV",
+    "WidthGroup",
+    "leank_decode_attention",
+    "leank_decode_torch",
+    "leank_static_decode_attention",
+    "leank_static_decode_torch",
+]
 
 
 def leank_decode_attention(query: torch.Tensor, kv: CompactKV, *, scale: float, backend: str = "auto") -> torch.Tensor:
@@ -47,6 +57,26 @@ def leank_decode_attention(query: torch.Tensor, kv: CompactKV, *, scale: float, 
         except LeanKUsageError as error:  # inputs the kernel does not take (e.g. a mask's alignment)
             warnings.warn(f"LeanK falls back to the PyTorch attention: {error}", stacklevel=2)
     return leank_decode_torch(query, kv, scale=scale)
+
+
+def leank_static_decode_attention(
+    query: torch.Tensor, kv: StaticKV, *, scale: float, backend: str = "auto"
+) -> torch.Tensor:
+    """Decode attention of `query` `[B, Hq, 1, D]` over a `LeanKStaticCache` layer; capturable by CUDA graphs.
+
+    `backend` as in `leank_decode_attention`: `"auto"` takes the Triton custom op for CUDA queries when every kept
+    width is a multiple of 16 (the PyTorch path otherwise, silently: the choice is fixed per layer, not per step).
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"`backend` has to be one of {list(BACKENDS)} but got {backend!r}")
+    aligned = all(group.width % 16 == 0 for group in kv.layout.groups)
+    if backend == "triton" and not aligned:
+        raise LeanKUsageError("the Triton LeanK kernel needs kept widths that are multiples of 16; use backend='torch'")
+    if backend == "triton" or (backend == "auto" and query.is_cuda and aligned):
+        from .static_triton import leank_static_decode_triton
+
+        return leank_static_decode_triton(query, kv, scale=scale)
+    return leank_static_decode_torch(query, kv, scale=scale)
 
 
 def _triton_kernel(required: bool) -> Callable[..., torch.Tensor] | None:

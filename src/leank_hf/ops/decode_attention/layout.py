@@ -18,6 +18,8 @@ from typing import NamedTuple
 
 import torch
 
+from ...contract import Windows
+
 
 class WidthGroup(NamedTuple):
     """A run of heads with the same kept width, consecutive in storage order."""
@@ -88,6 +90,18 @@ class HeadLayout:
             num_value_heads=int((widths > 0).sum()),
         )
 
+    def middle_key_index(self, capacity: int, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(base [C], step [C])`: compact channel k of middle index t lives at `mid_keys[b, base[k] + t * step[k]]`.
+
+        `step` is the width of channel k's head and `base = capacity * offset(head) + position within the head`, for a
+        flat buffer of `capacity` tokens per head (the layout above). Call it on the host layout.
+        """
+        widths = self.widths.long()[self.storage_order]
+        step = torch.repeat_interleave(widths, widths)
+        offsets = torch.repeat_interleave(self.offsets[self.storage_order], widths)
+        base = capacity * offsets + torch.arange(self.total_width) - offsets
+        return base.to(device), step.to(device)
+
     def to(self, device: torch.device | str) -> HeadLayout:
         """A copy with every tensor on `device`."""
         moved = {
@@ -141,3 +155,40 @@ class CompactKV:
         stop = start + self.mid_cap * group.count * group.width
         block = self.mid_keys[:, start:stop].view(batch, group.count, self.mid_cap, group.width)
         return block[:, :, : self.num_mid]
+
+
+@dataclass
+class StaticKV:
+    """One decode step's view of a `LeanKStaticCache` layer: tensors of fixed shape and the query slot on the device.
+
+    For batch row `b`, query slot `q = position` and window start `w = windows.boundary(q)`:
+
+    - full slot `s < sink_size` holds global slot `pad[b] + s`; valid iff `pad[b] + s < w` and `pad[b] + s <= q`;
+    - full slot `sink_size + r` (`r < ring`) holds the latest global slot `g <= q` with `g % ring == r`; valid iff
+      `g >= w`, `g >= pad[b]` and `g >= 0`;
+    - middle index `t` holds global slot `sink_size + t`; valid iff `t >= pad[b]` and `sink_size + t < w`, and uses
+      only the kept channels (heads of width 0 have none);
+    - with `key_mask` `[B, >= q + 1]`, a key at global slot `g` is read only where `key_mask[b, g]` is True.
+    """
+
+    layout: HeadLayout
+    windows: Windows
+    full_keys: torch.Tensor  # [B, H, sink + ring, D]
+    full_values: torch.Tensor  # [B, H, sink + ring, D]
+    mid_keys: torch.Tensor  # [B, mid_cap * C]
+    mid_values: torch.Tensor  # [B, num_value_heads, mid_cap, D]
+    mid_cap: int
+    pad: torch.Tensor  # [B] int64
+    position: torch.Tensor  # [] int64: global slot of the query
+    counters: torch.Tensor  # [B * H] int32, zero between launches (Triton kernel's merge counters)
+    key_mask: torch.Tensor | None = None  # [B, kv] bool
+
+    @property
+    def ring_size(self) -> int:
+        return self.full_keys.shape[2] - self.windows.sink_size
+
+    def mid_key_group(self, group: WidthGroup) -> torch.Tensor:
+        """The `[B, count, mid_cap, width]` view of one width group's middle keys (no copy)."""
+        start = self.mid_cap * group.offset
+        stop = start + self.mid_cap * group.count * group.width
+        return self.mid_keys[:, start:stop].view(self.mid_keys.shape[0], group.count, self.mid_cap, group.width)

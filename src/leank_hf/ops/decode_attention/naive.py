@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .layout import CompactKV
+from .layout import CompactKV, HeadLayout, StaticKV
 
 
 def leank_decode_torch(query: torch.Tensor, kv: CompactKV, *, scale: float) -> torch.Tensor:
@@ -27,46 +27,127 @@ def leank_decode_torch(query: torch.Tensor, kv: CompactKV, *, scale: float) -> t
     Returns:
         `torch.Tensor`: `[B, Hq, n, D]` in the query's dtype.
     """
+    full_valid, mid_valid = _validity(kv, query.shape[2], query.device)
+    num_full = kv.sink_size + kv.num_recent
+    return attend_compact(
+        query,
+        kv.layout,
+        kv.full_keys[:, :, :num_full],
+        kv.full_values[:, :, :num_full],
+        full_valid,
+        [kv.mid_key_group(group) for group in kv.layout.groups] if kv.num_mid else [],
+        kv.mid_values[:, :, : kv.num_mid],
+        mid_valid,
+        scale=scale,
+    )
+
+
+def leank_static_decode_torch(query: torch.Tensor, kv: StaticKV, *, scale: float) -> torch.Tensor:
+    """Decode attention of `query` `[B, Hq, 1, D]` over a `LeanKStaticCache` layer (rules of `StaticKV`).
+
+    Fixed shapes and device-side positions only (no host synchronisation): `torch.compile` captures it. Every middle
+    slot up to the capacity is scored and masked, as a static cache's dense attention does.
+    """
+    full_valid, mid_valid = _static_validity(kv)
+    return attend_compact(
+        query,
+        kv.layout,
+        kv.full_keys,
+        kv.full_values,
+        full_valid,
+        [kv.mid_key_group(group) for group in kv.layout.groups],
+        kv.mid_values,
+        mid_valid,
+        scale=scale,
+    )
+
+
+def attend_compact(
+    query: torch.Tensor,
+    layout: HeadLayout,
+    full_keys: torch.Tensor,
+    full_values: torch.Tensor,
+    full_valid: torch.Tensor,
+    mid_key_groups: list[torch.Tensor],
+    mid_values: torch.Tensor,
+    mid_valid: torch.Tensor,
+    *,
+    scale: float,
+) -> torch.Tensor:
+    """One softmax over full-channel keys and compact middle keys, each masked by its validity.
+
+    Args:
+        query (`torch.Tensor`): `[B, Hq, n, D]`.
+        layout (`HeadLayout`): the layer's kept channels and storage order.
+        full_keys, full_values (`torch.Tensor`): `[B, H, F, D]` keys and values read with all channels.
+        full_valid (`torch.Tensor`): bool, broadcastable to `[B, H, Hq // H, n, F]`.
+        mid_key_groups (`list[torch.Tensor]`): per width group of `layout.groups`, `[B, count, T, width]` (empty: no
+            middle).
+        mid_values (`torch.Tensor`): `[B, num_value_heads, T, D]`.
+        mid_valid (`torch.Tensor`): bool, broadcastable to `[B, count, Hq // H, n, T]`.
+        scale (`float`): factor applied to every score.
+    """
     batch, num_query_heads, num_rows, head_dim = query.shape
-    layout = kv.layout
     num_heads = layout.num_kv_heads
     rows = num_query_heads // num_heads * num_rows  # GQA group x query rows, attended together per KV head
     # [B, H, rows, D], the GQA group outermost within `rows`
     q = (query.float() * scale).reshape(batch, num_heads, rows, head_dim)
-    full_valid, mid_valid = _validity(kv, num_rows, query.device)
-
-    num_full = kv.sink_size + kv.num_recent
-    scores = q @ kv.full_keys[:, :, :num_full].float().transpose(-1, -2)
+    num_full = full_keys.shape[2]
+    scores = q @ full_keys.float().transpose(-1, -2)
     scores = scores.view(batch, num_heads, -1, num_rows, num_full).masked_fill(~full_valid, float("-inf"))
     row_max = scores.amax(-1, keepdim=True)  # finite: each query row sees its own key in the recent window
 
     # Pass 1: middle scores per width group, and the running max over both regions.
     middle = []
-    if kv.num_mid and layout.groups:
+    if mid_key_groups:
+        num_mid = mid_values.shape[2]
         q_flat = q.transpose(1, 2).reshape(batch, rows, num_heads * head_dim)
-        for group in layout.groups:
+        for group, group_keys in zip(layout.groups, mid_key_groups):
             heads = layout.storage_order[group.first : group.first + group.count]  # natural head ids
             channels = layout.gather_index[group.offset : group.offset + group.count * group.width]
             q_group = q_flat.index_select(2, channels).view(batch, rows, group.count, group.width).transpose(1, 2)
-            group_scores = q_group @ kv.mid_key_group(group).float().transpose(-1, -2)
-            group_scores = group_scores.view(batch, group.count, -1, num_rows, kv.num_mid)
+            group_scores = q_group @ group_keys.float().transpose(-1, -2)
+            group_scores = group_scores.view(batch, group.count, -1, num_rows, num_mid)
             group_scores = group_scores.masked_fill(~mid_valid, float("-inf"))
             group_max = torch.maximum(row_max.index_select(1, heads), group_scores.amax(-1, keepdim=True))
-            row_max.index_copy_(1, heads, group_max)
+            row_max = row_max.index_copy(1, heads, group_max)
             middle.append((group, heads, group_scores))
 
     # Pass 2: exponentials against the shared max, summed and applied to the values of each region.
     probs = torch.exp(scores - row_max)
     denominator = probs.sum(-1)
-    output = probs.view(batch, num_heads, rows, num_full) @ kv.full_values[:, :, :num_full].float()
+    output = probs.view(batch, num_heads, rows, num_full) @ full_values.float()
     for group, heads, group_scores in middle:
         group_probs = torch.exp(group_scores - row_max.index_select(1, heads))
-        denominator.index_add_(1, heads, group_probs.sum(-1))
-        values = kv.mid_values[:, group.first : group.first + group.count, : kv.num_mid].float()
-        output.index_add_(1, heads, group_probs.view(batch, group.count, rows, kv.num_mid) @ values)
+        denominator = denominator.index_add(1, heads, group_probs.sum(-1))
+        values = mid_values[:, group.first : group.first + group.count].float()
+        output = output.index_add(1, heads, group_probs.view(batch, group.count, rows, num_mid) @ values)
 
     output = output / denominator.view(batch, num_heads, rows, 1)
     return output.view(batch, num_query_heads, num_rows, head_dim).to(query.dtype)
+
+
+def _static_validity(kv: StaticKV) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which keys the decode query reads: `([B, 1, 1, 1, sink + ring], [B, 1, 1, 1, mid_cap])` booleans."""
+    device, windows = kv.pad.device, kv.windows
+    sink, ring = windows.sink_size, kv.ring_size
+    position, pad = kv.position, kv.pad[:, None]  # [], [B, 1]
+    boundary = windows.boundary(position)
+    sink_slots = pad + torch.arange(sink, device=device)  # [B, S]
+    sink_valid = (sink_slots < boundary) & (sink_slots <= position)
+    ring_index = torch.arange(ring, device=device)
+    ring_slots = position - torch.remainder(position - ring_index, ring)  # [R]: latest slot <= q in each ring index
+    ring_valid = (ring_slots >= boundary) & (ring_slots >= pad) & (ring_slots >= 0)  # [B, R]
+    middle = torch.arange(kv.mid_cap, device=device)
+    mid_valid = (middle >= pad) & (middle + sink < boundary)  # [B, T]
+    if kv.key_mask is not None:
+        key_mask = kv.key_mask
+        last = key_mask.shape[1] - 1
+        sink_valid = sink_valid & key_mask.gather(1, sink_slots.clamp(max=last))
+        ring_valid = ring_valid & key_mask.gather(1, ring_slots.clamp(0, last).expand_as(ring_valid))
+        mid_valid = mid_valid & key_mask.gather(1, (middle + sink).clamp(max=last).expand_as(mid_valid))
+    full_valid = torch.cat([sink_valid, ring_valid], -1)
+    return full_valid[:, None, None, None], mid_valid[:, None, None, None]
 
 
 def _validity(kv: CompactKV, num_rows: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

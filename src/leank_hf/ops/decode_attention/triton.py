@@ -89,6 +89,7 @@ def _attend_middle(
     t_start,
     t_stop,
     scale_log2,
+    p_mask,
     W: tl.constexpr,
     BLOCK_G: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -96,7 +97,9 @@ def _attend_middle(
     HEAD_DIM: tl.constexpr,
     UPCAST: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
+    HAS_MASK: tl.constexpr,
 ):
+    # With HAS_MASK, middle index t is read only where the byte at p_mask + t is non-zero.
     # A width W (multiple of 16) is read as power-of-two column parts, e.g. 96 = 64 + 32, each fully vectorised.
     P256: tl.constexpr = W & 256
     P128: tl.constexpr = W & 128
@@ -125,6 +128,8 @@ def _attend_middle(
     p_v_tile = p_v + t_start.to(tl.int64) * stride_vt
     for start in range(t_start, t_stop, BLOCK_N):
         valid = start + o_n < t_stop
+        if HAS_MASK:
+            valid = valid & (tl.load(p_mask + start + o_n, mask=valid, other=0) != 0)
         scores = tl.zeros([BLOCK_G, BLOCK_N], dtype=tl.float32)
         if P256:
             scores = _middle_part_scores(scores, q256, p_k_tile, o_n, valid, W, 0, 256, UPCAST, DOT_PRECISION)
@@ -267,6 +272,7 @@ def _leank_decode_kernel(
                         t_start,
                         t_stop,
                         scale_log2,
+                        p_k,
                         i_w * 16,
                         BLOCK_G,
                         BLOCK_N,
@@ -274,6 +280,7 @@ def _leank_decode_kernel(
                         HEAD_DIM,
                         UPCAST,
                         DOT_PRECISION,
+                        False,
                     )
 
     # Normalised partial output and its log2-sum-exp; -inf (and zeros) where no key was valid.

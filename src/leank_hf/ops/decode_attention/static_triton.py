@@ -1,0 +1,216 @@
+"""Triton decode attention over a `LeanKStaticCache` layer, as a PyTorch custom op that CUDA graphs capture.
+
+Same program structure as `triton.py` (whose tile loops and merge it reuses): one program per `(split, batch row, KV
+head)`; split 0 reads the sinks and the ring, splits `1..S` chunks of the compact middle; the last program of each
+`(row, head)` merges the parts. What differs: the grid is fixed by the cache's capacity (`num_splits` chunks of
+`split_len` tokens cover `mid_cap`), and the query slot is read from device memory, so the window boundary and the
+live middle length are computed in the kernel; chunks past the live length store an empty part and return.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from .layout import StaticKV
+from .triton import _INTERPRETED, _LOG2E, _MAX_SPLITS, _attend_middle, _merge_parts, _online_softmax_step, _sm_count
+
+
+@triton.jit
+def _leank_static_decode_kernel(
+    Q, FULL_K, FULL_V, MID_K, MID_V, PAD, POSITION, KEY_MASK, WIDTHS, CHANNELS, OFFSETS, VALUE_SLOTS, STORAGE_ORDER,
+    O_PART, LSE_PART, COUNTERS, OUT,
+    stride_qb, stride_qh,
+    stride_fb, stride_fh, stride_ft,
+    stride_mkb,
+    stride_mvb, stride_mvh, stride_mvt,
+    stride_maskb,
+    scale_log2,
+    SINK: tl.constexpr, RECENT: tl.constexpr, FLUSH: tl.constexpr, RING: tl.constexpr, MID_CAP: tl.constexpr,
+    SPLIT_LEN: tl.constexpr, NUM_PARTS: tl.constexpr, HAS_KEY_MASK: tl.constexpr,
+    G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    G_POW: tl.constexpr, MERGE_S: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):  # fmt: skip
+    i_split = tl.program_id(0)
+    i_b = tl.program_id(1).to(tl.int64)
+    i_h = tl.load(STORAGE_ORDER + tl.program_id(2))
+    pad = tl.load(PAD + i_b)
+    position = tl.load(POSITION)
+    # Window start of the query (contract.Windows.boundary): sink + flush * floor(max(0, q + 1 - sink - recent) / flush)
+    boundary = SINK + FLUSH * (tl.maximum(position + 1 - SINK - RECENT, 0) // FLUSH)
+    o_g = tl.arange(0, BLOCK_G)
+    m_g = o_g < G
+    o_n = tl.arange(0, BLOCK_N)
+    o_d = tl.arange(0, BLOCK_D)
+    m_d = o_d < HEAD_DIM
+    p_q = Q + i_b * stride_qb + (i_h * G + o_g).to(tl.int64) * stride_qh  # [BLOCK_G]
+
+    m_i = tl.full([BLOCK_G], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_G], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_G, BLOCK_D], dtype=tl.float32)
+    if i_split == 0:
+        # Sinks (slot s: global pad + s), then the ring (slot SINK + r: latest global g <= q with g % RING == r).
+        q = tl.load(p_q[:, None] + o_d[None, :], mask=m_g[:, None] & m_d[None, :], other=0.0)
+        if UPCAST:
+            q = q.to(tl.float32)
+        p_k = FULL_K + i_b * stride_fb + i_h.to(tl.int64) * stride_fh
+        p_v = FULL_V + i_b * stride_fb + i_h.to(tl.int64) * stride_fh
+        for start in range(0, SINK + RING, BLOCK_N):
+            o_s = start + o_n
+            is_sink = o_s < SINK
+            ring_slot = position - (position - (o_s - SINK)) % RING
+            g = tl.where(is_sink, pad + o_s, ring_slot)
+            valid = tl.where(is_sink, (g < boundary) & (g <= position), (g >= boundary) & (g >= pad) & (g >= 0))
+            valid = valid & (o_s < SINK + RING)
+            if HAS_KEY_MASK:
+                valid = valid & (tl.load(KEY_MASK + i_b * stride_maskb + g, mask=valid, other=0) != 0)
+            mask = valid[:, None] & m_d[None, :]
+            k = tl.load(p_k + o_s[:, None] * stride_ft + o_d[None, :], mask=mask, other=0.0)
+            v = tl.load(p_v + o_s[:, None] * stride_ft + o_d[None, :], mask=mask, other=0.0)
+            if UPCAST:
+                k = k.to(tl.float32)
+                v = v.to(tl.float32)
+            scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale_log2
+            m_i, l_i, acc = _online_softmax_step(scores, valid, v, m_i, l_i, acc, DOT_PRECISION)
+    else:
+        # Middle chunk: index t is global slot SINK + t; valid for pad <= t < boundary - SINK.
+        width = tl.load(WIDTHS + i_h)
+        t_start = tl.maximum((i_split - 1) * SPLIT_LEN, pad.to(tl.int32))
+        t_stop = tl.minimum(tl.minimum(i_split * SPLIT_LEN, MID_CAP), (boundary - SINK).to(tl.int32))
+        if (width > 0) & (t_start < t_stop):
+            key_offset = tl.multiple_of(tl.load(OFFSETS + i_h), 16)
+            p_k = MID_K + i_b * stride_mkb + key_offset * MID_CAP
+            p_v = MID_V + i_b * stride_mvb + tl.load(VALUE_SLOTS + i_h).to(tl.int64) * stride_mvh
+            p_channels = CHANNELS + i_h * HEAD_DIM
+            for i_w in tl.static_range(1, HEAD_DIM // 16 + 1):
+                if width == i_w * 16:
+                    m_i, l_i, acc = _attend_middle(
+                        m_i, l_i, acc, p_q, p_channels, m_g, p_k, p_v, stride_mvt, t_start, t_stop, scale_log2,
+                        KEY_MASK + i_b * stride_maskb + SINK, i_w * 16, BLOCK_G, BLOCK_N, BLOCK_D, HEAD_DIM, UPCAST,
+                        DOT_PRECISION, HAS_KEY_MASK,
+                    )  # fmt: skip
+
+    has_keys = l_i > 0
+    out = acc / tl.where(has_keys, l_i, 1.0)[:, None]
+    lse = tl.where(has_keys, m_i + tl.log2(tl.where(has_keys, l_i, 1.0)), float("-inf"))
+    row0 = (i_b * tl.num_programs(2) + i_h) * G
+    o_part = (row0 + o_g) * NUM_PARTS + i_split
+    tl.store(O_PART + o_part[:, None] * HEAD_DIM + o_d[None, :], out, mask=m_g[:, None] & m_d[None, :])
+    tl.store(LSE_PART + o_part, lse, mask=m_g)
+    tl.debug_barrier()
+    p_counter = COUNTERS + i_b * tl.num_programs(2) + i_h
+    if tl.atomic_add(p_counter, 1, sem="acq_rel") == NUM_PARTS - 1:
+        tl.atomic_xchg(p_counter, 0)
+        _merge_parts(O_PART, LSE_PART, OUT, row0, NUM_PARTS, G, G_POW, MERGE_S, HEAD_DIM, BLOCK_D)
+
+
+@functools.cache
+def _launch_plan(batch: int, busy_heads: int, mid_cap: int, block_n: int, num_sms: int) -> tuple[int, int]:
+    """`(num_splits, split_len)` for the capacity: enough middle programs for 8 per SM, chunks of >= 8 tiles."""
+    if busy_heads == 0:
+        return 0, block_n
+    wanted = math.ceil(num_sms * 8 / (batch * busy_heads))
+    splits = max(1, min(wanted, _MAX_SPLITS, math.ceil(mid_cap / (8 * block_n))))
+    split_len = math.ceil(math.ceil(mid_cap / splits) / block_n) * block_n
+    return math.ceil(mid_cap / split_len), split_len
+
+
+@torch.library.custom_op("leank_hf::static_decode", mutates_args=("counters",))
+def static_decode(
+    query: torch.Tensor,
+    full_keys: torch.Tensor,
+    full_values: torch.Tensor,
+    mid_keys: torch.Tensor,
+    mid_values: torch.Tensor,
+    pad: torch.Tensor,
+    position: torch.Tensor,
+    key_mask: torch.Tensor | None,
+    widths: torch.Tensor,
+    channels: torch.Tensor,
+    offsets: torch.Tensor,
+    value_slots: torch.Tensor,
+    storage_order: torch.Tensor,
+    counters: torch.Tensor,
+    scale: float,
+    sink_size: int,
+    recent_size: int,
+    flush_size: int,
+    mid_cap: int,
+    num_value_heads: int,
+    block_n: int,
+) -> torch.Tensor:
+    """The launch behind `leank_static_decode_triton` (a custom op: one opaque node for torch.compile)."""
+    batch, num_q_heads, _, head_dim = query.shape
+    num_kv_heads = widths.shape[0]
+    group = num_q_heads // num_kv_heads
+    num_sms = _sm_count(query.device.index or 0) if query.device.type == "cuda" else 8
+    num_splits, split_len = _launch_plan(batch, num_value_heads, mid_cap, block_n, num_sms)
+    num_parts = num_splits + 1
+    partials = torch.empty(batch * num_q_heads * num_parts * (head_dim + 1), device=query.device, dtype=torch.float32)
+    partial_out, partial_lse = partials.split(batch * num_q_heads * num_parts * head_dim)
+    out = torch.empty_like(query)
+    block_d = triton.next_power_of_2(head_dim)
+    group_pow = triton.next_power_of_2(group)
+    mask = key_mask if key_mask is not None else pad  # any tensor: unread without HAS_KEY_MASK
+    _leank_static_decode_kernel[(num_parts, batch, num_kv_heads)](
+        query, full_keys, full_values, mid_keys, mid_values, pad, position, mask,
+        widths, channels, offsets, value_slots, storage_order,
+        partial_out, partial_lse, counters, out,
+        query.stride(0), query.stride(1),
+        full_keys.stride(0), full_keys.stride(1), full_keys.stride(2),
+        mid_keys.stride(0),
+        mid_values.stride(0), mid_values.stride(1), mid_values.stride(2),
+        mask.stride(0),
+        scale * _LOG2E,
+        SINK=sink_size, RECENT=recent_size, FLUSH=flush_size, RING=full_keys.shape[2] - sink_size, MID_CAP=mid_cap,
+        SPLIT_LEN=split_len, NUM_PARTS=num_parts, HAS_KEY_MASK=key_mask is not None,
+        G=group, HEAD_DIM=head_dim, BLOCK_G=max(16, group_pow), BLOCK_N=block_n, BLOCK_D=block_d,
+        G_POW=group_pow, MERGE_S=max(1, 8192 // (group_pow * block_d)), UPCAST=_INTERPRETED,
+        DOT_PRECISION="ieee" if query.dtype == torch.float32 else "tf32", num_warps=4, num_stages=3,
+    )  # fmt: skip
+    return out
+
+
+@static_decode.register_fake
+def _(query: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+    return torch.empty_like(query)
+
+
+def leank_static_decode_triton(query: torch.Tensor, kv: StaticKV, *, scale: float, block_n: int = 64) -> torch.Tensor:
+    """Decode attention of `query` `[B, Hq, 1, D]` over a `LeanKStaticCache` layer in one launch of fixed grid.
+
+    Args:
+        query (`torch.Tensor`): fp16, bf16 or fp32 on CUDA (or CPU under `TRITON_INTERPRET=1`), contiguous.
+        kv (`StaticKV`): the layer's step view; every kept width a multiple of 16.
+        scale (`float`): softmax scale.
+        block_n (`int`, *optional*, defaults to 64): keys per tile.
+    """
+    layout, windows = kv.layout, kv.windows
+    key_mask = None if kv.key_mask is None else kv.key_mask.to(torch.uint8)
+    return static_decode(
+        query.contiguous(),
+        kv.full_keys,
+        kv.full_values,
+        kv.mid_keys,
+        kv.mid_values,
+        kv.pad,
+        kv.position,
+        key_mask,
+        layout.widths,
+        layout.channels,
+        layout.offsets,
+        layout.value_slots,
+        layout.storage_order,
+        kv.counters,
+        scale,
+        windows.sink_size,
+        windows.recent_size,
+        windows.flush_size,
+        kv.mid_cap,
+        layout.num_value_heads,
+        block_n,
+    )

@@ -1,0 +1,405 @@
+"""`LeanKStaticCache`: a LeanK cache with preallocated regions that `torch.compile` and CUDA graphs can capture.
+
+Same masks, windows and results as `LeanKCache` (DESIGN.md "Semantics"); a different storage (DESIGN.md "Static
+storage"): every token's kept key channels (and its value, for heads that keep a channel) are written to the middle
+region when the token arrives, its full key and value to a ring of the last `recent_size + 2 * flush_size` slots, and a
+row's first `sink_size` real tokens to its sink slots. Nothing moves at a flush: the window boundary, computed on the
+device from the cache length, only decides which copy attention reads. A decode step has fixed shapes, no host
+synchronisation and no Python branch on a length, so `generate()` auto-compiles it on CUDA.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from transformers.cache_utils import Cache, CacheLayerMixin, StaticSlidingWindowLayer
+
+from .cache import LeanKStates, MemoryFootprint, PrefillKV, RegionBytes
+from .contract import FULL_ATTENTION, SLIDING_ATTENTION, ModelShape, Windows
+from .errors import LeanKUsageError, MaskError
+from .masks import LeanKMasks
+from .ops.decode_attention.layout import CompactKV, HeadLayout, StaticKV
+
+
+class LeanKStaticLayer(CacheLayerMixin):
+    """One full-attention layer of a `LeanKStaticCache`, with regions sized for `max_cache_len` tokens.
+
+    Regions (allocated at the first update, on the device and in the dtype of the keys, addresses fixed):
+    `full_keys`/`full_values` `[B, H, sink + ring, D]` (each row's sink, then the ring: global slot g at
+    `sink + g % ring`), `mid_keys` `[B, mid_cap * C]` and `mid_values` `[B, NV, mid_cap, D]` (middle index
+    `t = g - sink`, layout of `HeadLayout`; index `mid_cap - 1` takes writes of slots below the sink), `pad` `[B]`,
+    and `cumulative_length` (a device scalar: global slots held, pads included).
+
+    Args:
+        layer_mask (`torch.Tensor`): boolean `[num_kv_heads, head_dim]` keep mask of this layer.
+        windows (`Windows`): sink, recent and flush sizes.
+        max_cache_len (`int`): most tokens (prompt, pads and generated) the layer holds.
+    """
+
+    is_compileable = True
+    is_sliding = False
+    # The ring keeps `2 * flush_size` slots more than a query reads, so the last `flush_size` tokens can be removed.
+    is_croppable = True
+
+    def __init__(self, layer_mask: torch.Tensor, *, windows: Windows, max_cache_len: int):
+        super().__init__()
+        if max_cache_len <= windows.sink_size:
+            raise LeanKUsageError(
+                f"`max_cache_len` ({max_cache_len}) must exceed `sink_size` ({windows.sink_size}): size the cache for "
+                "the prompt plus the new tokens"
+            )
+        self.host_layout = HeadLayout.from_mask(layer_mask)
+        self.windows = windows
+        self.max_cache_len = max_cache_len
+        self.ring_size = windows.recent_size + 2 * windows.flush_size
+        self.mid_cap = max_cache_len - windows.sink_size + 1
+        self.cumulative_length = torch.tensor(0, dtype=torch.int64)
+        self._pending: PrefillKV | None = None
+        self._decoding = False  # True once the prompt is stored: later updates attend compact keys
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        batch, num_heads, _, head_dim = key_states.shape
+        if (num_heads, head_dim) != tuple(self.host_layout.channels.shape):
+            raise MaskError(
+                f"keys have {num_heads} KV heads of dim {head_dim} but the layer mask is "
+                f"{list(self.host_layout.channels.shape)}; use the mask made for this model"
+            )
+        self.dtype, self.device, self.batch = key_states.dtype, key_states.device, batch
+        layout = self.layout = self.host_layout.to(self.device)
+        full_shape = (batch, num_heads, self.windows.sink_size + self.ring_size, head_dim)
+        # Zeros: slots not written yet are read with zero weight, never as NaN garbage.
+        self.full_keys = torch.zeros(full_shape, dtype=self.dtype, device=self.device)
+        self.full_values = torch.zeros(full_shape, dtype=self.dtype, device=self.device)
+        self.mid_keys = torch.zeros(batch, self.mid_cap * layout.total_width, dtype=self.dtype, device=self.device)
+        self.mid_values = torch.zeros(
+            batch, layout.num_value_heads, self.mid_cap, head_dim, dtype=self.dtype, device=self.device
+        )
+        self.pad = torch.zeros(batch, dtype=torch.int64, device=self.device)
+        self.counters = torch.zeros(batch * num_heads, dtype=torch.int32, device=self.device)
+        self.cumulative_length = self.cumulative_length.to(self.device)
+        self._mid_key_base, self._mid_key_step = self.host_layout.middle_key_index(self.mid_cap, self.device)
+        self._value_heads = layout.storage_order[: layout.num_value_heads]
+        for tensor in self._static_tensors():
+            torch._dynamo.mark_static_address(tensor)
+        self.is_initialized = True
+
+    def _static_tensors(self) -> tuple[torch.Tensor, ...]:
+        return (
+            self.full_keys,
+            self.full_values,
+            self.mid_keys,
+            self.mid_values,
+            self.pad,
+            self.counters,
+            self.cumulative_length,
+        )
+
+    # ----------------------------------------------------------------- update
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> tuple[LeanKStates, LeanKStates]:
+        """Store `[B, H, n, D]` keys and values; return what the LeanK attention reads, wrapped in `LeanKStates`.
+
+        The prompt comes back dense (exact attention, then `finish_prefill`); a decode step as `StaticKV` (device
+        scalars only); a multi-token update after decoding started as a `CompactKV` for the PyTorch path.
+        """
+        if self._pending is not None:
+            raise LeanKUsageError(
+                "a LeanKStaticCache layer was updated twice without attention in between (its prompt was never "
+                "attended); call `cache.reset()` and run the model with `apply_leank(model)`"
+            )
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        if key_states.shape[0] != self.batch:
+            raise LeanKUsageError(
+                f"a LeanKStaticCache holding batch size {self.batch} got keys of batch size {key_states.shape[0]}; "
+                "use a fresh cache (or `cache.reset()`) for a new batch"
+            )
+        if not self._decoding:
+            self._pending = PrefillKV(key_states, value_states, self)
+            states = LeanKStates(self._pending)
+            return states, states
+        if key_states.shape[2] == 1:
+            payload = self._decode_step(key_states, value_states)
+        else:
+            payload = self._chunk(key_states, value_states)
+        states = LeanKStates(payload)
+        return states, states
+
+    def finish_prefill(self, pad: torch.Tensor | None) -> None:
+        """Store the prompt after its exact attention (called by the LeanK attention with each row's left pads)."""
+        prompt, self._pending = self._pending, None
+        if pad is not None:
+            self.pad.copy_(pad.to(device=self.device, dtype=torch.int64))
+        length = prompt.keys.shape[2]
+        if length > self.max_cache_len:
+            raise LeanKUsageError(
+                f"the prompt has {length} slots but the LeanKStaticCache holds {self.max_cache_len}; build it with a "
+                "larger `max_cache_len`"
+            )
+        self._write(prompt.keys, prompt.values, torch.zeros((), dtype=torch.int64, device=self.device))
+        self.cumulative_length.fill_(length)
+        self._decoding = True
+
+    def _write(self, keys: torch.Tensor, values: torch.Tensor, start: torch.Tensor) -> None:
+        """Write `[B, H, n, D]` tokens at global slots `start .. start + n - 1` into the sinks, ring and middle."""
+        count = keys.shape[2]
+        sink = self.windows.sink_size
+        slots = start + torch.arange(count, device=self.device)  # [n]
+        if sink:
+            # Row b's sink slot s holds global slot pad[b] + s.
+            index = self.pad[:, None] + torch.arange(sink, device=self.device) - start  # [B, S] into the new tokens
+            inside = ((index >= 0) & (index < count))[:, None, :, None]
+            index = index.clamp(0, count - 1)[:, None, :, None].expand(-1, keys.shape[1], -1, keys.shape[3])
+            for new, full in ((keys, self.full_keys), (values, self.full_values)):
+                full[:, :, :sink] = torch.where(inside, new.gather(2, index), full[:, :, :sink])
+        # Ring: only the last `ring_size` tokens, so no two writes hit one slot.
+        recent = slice(max(0, count - self.ring_size), count)
+        ring_index = sink + slots[recent] % self.ring_size
+        self.full_keys.index_copy_(2, ring_index, keys[:, :, recent])
+        self.full_values.index_copy_(2, ring_index, values[:, :, recent])
+        # Middle: every slot from the sink on; slots below it go to the spare last index.
+        middle = torch.where(slots >= sink, slots - sink, self.mid_cap - 1)  # [n]
+        layout = self.layout
+        if layout.total_width:
+            compact = keys.transpose(1, 2).reshape(self.batch, count, -1).index_select(2, layout.gather_index)
+            index = self._mid_key_base + middle[:, None] * self._mid_key_step  # [n, C]
+            self.mid_keys.index_copy_(1, index.flatten(), compact.flatten(1))
+        if layout.num_value_heads:
+            self.mid_values.index_copy_(2, middle, values.index_select(1, self._value_heads))
+
+    def _decode_step(self, keys: torch.Tensor, values: torch.Tensor) -> StaticKV:
+        position = self.cumulative_length.clone()
+        self._write(keys, values, position)
+        self.cumulative_length.add_(1)
+        return StaticKV(
+            layout=self.layout,
+            windows=self.windows,
+            full_keys=self.full_keys,
+            full_values=self.full_values,
+            mid_keys=self.mid_keys,
+            mid_values=self.mid_values,
+            mid_cap=self.mid_cap,
+            pad=self.pad,
+            position=position,
+            counters=self.counters,
+        )
+
+    def _chunk(self, keys: torch.Tensor, values: torch.Tensor) -> CompactKV:
+        """A multi-token update after decoding started (a reused cache): eager, read by the PyTorch path."""
+        if torch.compiler.is_compiling():
+            raise LeanKUsageError(
+                "a LeanKStaticCache compiles its single-token decode steps; feed a multi-token chunk (a new turn on a "
+                "reused cache) outside the compiled function"
+            )
+        start = int(self.cumulative_length)
+        count = keys.shape[2]
+        if start + count > self.max_cache_len:
+            raise LeanKUsageError(
+                f"the cache holds {start} slots and got {count} more, beyond its `max_cache_len` of "
+                f"{self.max_cache_len}; build a LeanKStaticCache with a larger `max_cache_len`"
+            )
+        windows, sink = self.windows, self.windows.sink_size
+        first = windows.boundary(start)  # window start of the first new row (the earliest)
+        # Full region of the CompactKV: sinks, then cached slots [first, start) from the ring, then the new tokens.
+        older = torch.arange(first, start, device=self.device)
+        ring = sink + older % self.ring_size
+        full_keys = torch.cat([self.full_keys[:, :, :sink], self.full_keys[:, :, ring], keys], 2)
+        full_values = torch.cat([self.full_values[:, :, :sink], self.full_values[:, :, ring], values], 2)
+        self._write(keys, values, self.cumulative_length)
+        self.cumulative_length.add_(count)
+        return CompactKV(
+            layout=self.layout,
+            full_keys=full_keys,
+            full_values=full_values,
+            sink_size=sink,
+            num_recent=start + count - first,
+            recent_start=first,
+            mid_keys=self.mid_keys,
+            mid_values=self.mid_values,
+            mid_cap=self.mid_cap,
+            num_mid=windows.boundary(start + count - 1) - sink,
+            pad=self.pad,
+            query_start=start,
+            boundaries=tuple(windows.boundary(position) for position in range(start, start + count)),
+        )
+
+    # -------------------------------------------------------- Cache protocol
+    def get_seq_length(self) -> torch.Tensor | int:
+        return self.cumulative_length if self.is_initialized else 0
+
+    def get_max_length(self) -> int:
+        return self.max_cache_len
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.max_cache_len, 0
+
+    def reset(self) -> None:
+        """Forget every token (buffers are kept, so compiled graphs stay valid); the next update is a prompt."""
+        if self.is_initialized:
+            for tensor in self._static_tensors():
+                tensor.zero_()
+        self._pending = None
+        self._decoding = False
+
+    def crop(self, tokens_to_remove: int) -> None:
+        """Remove the last `-tokens_to_remove` tokens (a negative count; at most `flush_size` after a flush)."""
+        if tokens_to_remove > 0:
+            raise ValueError(
+                f"Calling `crop` with a positive value (`{tokens_to_remove}`) is not supported. "
+                "Please use a negative integer to remove that number of tokens from the cache instead."
+            )
+        if tokens_to_remove == 0 or not self._decoding:
+            return
+        if -tokens_to_remove > self.windows.flush_size:
+            raise LeanKUsageError(
+                f"a LeanKStaticCache removes at most `flush_size` ({self.windows.flush_size}) tokens at once, got "
+                f"{-tokens_to_remove}: older ones may have left its recent window"
+            )
+        self.cumulative_length.sub_(-tokens_to_remove).clamp_(min=0)
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        """Reorder the batch rows in place (beam search); addresses stay fixed."""
+        if not self.is_initialized:
+            return
+        for tensor in (self.full_keys, self.full_values, self.mid_keys, self.mid_values, self.pad):
+            tensor.copy_(tensor.index_select(0, beam_idx.to(tensor.device)))
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        raise NotImplementedError("a LeanKStaticCache has a fixed batch size; use LeanKCache to drop batch rows")
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        if self.is_initialized:
+            raise NotImplementedError("a LeanKStaticCache has a fixed batch size once it holds tokens")
+
+    def offload(self) -> None:
+        raise NotImplementedError("LeanKStaticCache layers do not support offloading")
+
+    def prefetch(self) -> None:
+        raise NotImplementedError("LeanKStaticCache layers do not support offloading, hence nothing to prefetch")
+
+    # ---------------------------------------------------------------- memory
+    def memory_footprint(self) -> MemoryFootprint:
+        """Bytes per region: allocated (the whole preallocated layer), used, and a `DynamicLayer`'s for the tokens."""
+        if not self._decoding:
+            return MemoryFootprint()
+        layout, item = self.layout, self.full_keys.element_size()
+        length = int(self.cumulative_length)
+        sink = self.windows.sink_size
+        num_mid = max(0, self.windows.flushed(length) - sink)
+        dense_token = self.batch * layout.num_kv_heads * layout.head_dim * item
+        full_slots = min(sink, length) + min(self.ring_size, max(0, length - sink))
+        full = RegionBytes(self.full_keys.nbytes, full_slots * dense_token, (length - num_mid) * dense_token)
+        dense_middle = num_mid * dense_token
+        return MemoryFootprint(
+            {
+                "keys/full": full,
+                "values/full": RegionBytes(self.full_values.nbytes, full.used, full.dense),
+                "keys/middle": RegionBytes(
+                    self.mid_keys.nbytes, self.batch * num_mid * layout.total_width * item, dense_middle
+                ),
+                "values/middle": RegionBytes(
+                    self.mid_values.nbytes,
+                    self.batch * layout.num_value_heads * num_mid * layout.head_dim * item,
+                    dense_middle,
+                ),
+            }
+        )
+
+
+class LeanKStaticCache(Cache):
+    """A LeanK cache preallocated for `max_cache_len` tokens, which `torch.compile` and CUDA graphs capture.
+
+    Same semantics as `LeanKCache` (a model switched with `apply_leank`; prompt exact, later tokens read the middle
+    with kept channels only); every layer is compileable, so `model.generate(..., past_key_values=cache)`
+    auto-compiles the decode step on CUDA, and `torch.compile(model.forward, mode="reduce-overhead", fullgraph=True)`
+    captures it. Sliding-window layers of mixed models are transformers' `StaticSlidingWindowLayer`.
+
+    Args:
+        masks (`LeanKMasks`): the keep masks of this model.
+        config (`PreTrainedConfig`): the model's config; checked against the masks.
+        max_cache_len (`int`): most slots per row (left pads, prompt and new tokens).
+        sink_size, recent_size, flush_size (`int`, *optional*): override the masks' windows.
+
+    Example:
+
+    ```python
+    >>> cache = LeanKStaticCache(masks, model.config, max_cache_len=inputs.input_ids.shape[1] + 256)
+    >>> output = apply_leank(model).generate(**inputs, past_key_values=cache, max_new_tokens=256)
+    ```
+    """
+
+    def __init__(
+        self,
+        masks: LeanKMasks,
+        config: Any,
+        *,
+        max_cache_len: int,
+        sink_size: int | None = None,
+        recent_size: int | None = None,
+        flush_size: int | None = None,
+    ):
+        if not isinstance(masks, LeanKMasks):
+            raise LeanKUsageError(f"`masks` must be a LeanKMasks, got {type(masks).__name__}")
+        if not isinstance(max_cache_len, int) or isinstance(max_cache_len, bool) or max_cache_len < 1:
+            raise LeanKUsageError(f"`max_cache_len` must be an int >= 1, got {max_cache_len!r}")
+        shape = ModelShape.from_config(config)
+        shape.check_mask(masks.mask, made_for=masks.base_model)
+        self.masks = masks
+        self.windows = Windows(
+            masks.sink_size if sink_size is None else sink_size,
+            masks.recent_size if recent_size is None else recent_size,
+            masks.flush_size if flush_size is None else flush_size,
+        )
+        self.max_cache_len = max_cache_len
+        layers: list[CacheLayerMixin] = []
+        for index, layer_type in enumerate(shape.layer_types):
+            if layer_type == FULL_ATTENTION:
+                layers.append(LeanKStaticLayer(masks.mask[index], windows=self.windows, max_cache_len=max_cache_len))
+            elif layer_type == SLIDING_ATTENTION:
+                layers.append(
+                    StaticSlidingWindowLayer(max_cache_len=max_cache_len, sliding_window=shape.sliding_window)
+                )
+            else:
+                raise LeanKUsageError(
+                    f"layer {index} is a {layer_type!r} layer, which LeanKStaticCache does not support: it prunes "
+                    "'full_attention' layers and leaves 'sliding_attention' layers to transformers"
+                )
+        super().__init__(layers=layers)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        mask_repo: str | os.PathLike,
+        *,
+        config: Any,
+        max_cache_len: int,
+        sink_size: int | None = None,
+        recent_size: int | None = None,
+        flush_size: int | None = None,
+        **hub_kwargs: Any,
+    ) -> LeanKStaticCache:
+        """Load masks with `LeanKMasks.from_pretrained(mask_repo, **hub_kwargs)` and build a cache for `config`."""
+        masks = LeanKMasks.from_pretrained(mask_repo, **hub_kwargs)
+        return cls(
+            masks,
+            config,
+            max_cache_len=max_cache_len,
+            sink_size=sink_size,
+            recent_size=recent_size,
+            flush_size=flush_size,
+        )
+
+    def memory_footprint(self) -> MemoryFootprint:
+        """Bytes per region (K/V x full/middle): allocated, used, and what a `DynamicCache` would hold."""
+        total = MemoryFootprint()
+        for layer in self.layers:
+            if isinstance(layer, LeanKStaticLayer):
+                total = total + layer.memory_footprint()
+            elif layer.is_initialized:
+                keys = RegionBytes(layer.keys.nbytes, layer.keys.nbytes, layer.keys.nbytes)
+                values = RegionBytes(layer.values.nbytes, layer.values.nbytes, layer.values.nbytes)
+                total = total + MemoryFootprint({**MemoryFootprint().regions, "keys/full": keys, "values/full": values})
+        return total
