@@ -58,6 +58,7 @@ class LeanKStaticLayer(CacheLayerMixin):
         self.cumulative_length = torch.tensor(0, dtype=torch.int64)
         self._pending: PrefillKV | None = None
         self._decoding = False  # True once the prompt is stored: later updates attend compact keys
+        self._prompt_length = 0
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         batch, num_heads, _, head_dim = key_states.shape
@@ -68,7 +69,9 @@ class LeanKStaticLayer(CacheLayerMixin):
             )
         self.dtype, self.device, self.batch = key_states.dtype, key_states.device, batch
         layout = self.layout = self.host_layout.to(self.device)
-        full_shape = (batch, num_heads, self.windows.sink_size + self.ring_size, head_dim)
+        # Slots: sinks, ring, and one spare that takes the writes of tokens outside the sink.
+        full_shape = (batch, num_heads, self.windows.sink_size + self.ring_size + 1, head_dim)
+        self._dump_slot = full_shape[2] - 1
         # Zeros: slots not written yet are read with zero weight, never as NaN garbage.
         self.full_keys = torch.zeros(full_shape, dtype=self.dtype, device=self.device)
         self.full_values = torch.zeros(full_shape, dtype=self.dtype, device=self.device)
@@ -141,25 +144,27 @@ class LeanKStaticLayer(CacheLayerMixin):
             )
         self._write(prompt.keys, prompt.values, torch.zeros((), dtype=torch.int64, device=self.device))
         self.cumulative_length.fill_(length)
+        self._prompt_length = length
         self._decoding = True
 
     def _write(self, keys: torch.Tensor, values: torch.Tensor, start: torch.Tensor) -> None:
         """Write `[B, H, n, D]` tokens at global slots `start .. start + n - 1` into the sinks, ring and middle."""
         count = keys.shape[2]
-        sink = self.windows.sink_size
+        sink, ring = self.windows.sink_size, self.ring_size
         slots = start + torch.arange(count, device=self.device)  # [n]
-        if sink:
-            # Row b's sink slot s holds global slot pad[b] + s.
-            index = self.pad[:, None] + torch.arange(sink, device=self.device) - start  # [B, S] into the new tokens
-            inside = ((index >= 0) & (index < count))[:, None, :, None]
-            index = index.clamp(0, count - 1)[:, None, :, None].expand(-1, keys.shape[1], -1, keys.shape[3])
-            for new, full in ((keys, self.full_keys), (values, self.full_values)):
-                full[:, :, :sink] = torch.where(inside, new.gather(2, index), full[:, :, :sink])
-        # Ring: only the last `ring_size` tokens, so no two writes hit one slot.
-        recent = slice(max(0, count - self.ring_size), count)
-        ring_index = sink + slots[recent] % self.ring_size
-        self.full_keys.index_copy_(2, ring_index, keys[:, :, recent])
-        self.full_values.index_copy_(2, ring_index, values[:, :, recent])
+        # Full region, one indexed write per tensor: row b's sink slot s holds global slot pad[b] + s (slot `dump`
+        # takes the tokens outside the sink), ring slot sink + g % ring holds global slot g (only the last `ring`
+        # tokens are written, so no two writes hit one ring slot).
+        recent = slice(max(0, count - ring), count)
+        sink_slot = slots[:, None] - self.pad[None, :]  # [n, B]
+        sink_slot = torch.where((sink_slot >= 0) & (sink_slot < sink), sink_slot, self._dump_slot)
+        ring_slot = (sink + slots[recent] % ring)[:, None].expand(-1, self.batch)
+        rows = torch.arange(self.batch, device=self.device)
+        index_rows = torch.cat([rows.expand(count, -1), rows.expand(ring_slot.shape[0], -1)])
+        index_slots = torch.cat([sink_slot, ring_slot])
+        for new, full in ((keys, self.full_keys), (values, self.full_values)):
+            tokens = torch.cat([new.permute(2, 0, 1, 3), new[:, :, recent].permute(2, 0, 1, 3)])  # [m, B, H, D]
+            full.transpose(1, 2).index_put_((index_rows, index_slots), tokens)
         # Middle: every slot from the sink on; slots below it go to the spare last index.
         middle = torch.where(slots >= sink, slots - sink, self.mid_cap - 1)  # [n]
         layout = self.layout
@@ -177,6 +182,7 @@ class LeanKStaticLayer(CacheLayerMixin):
         return StaticKV(
             layout=self.layout,
             windows=self.windows,
+            ring_size=self.ring_size,
             full_keys=self.full_keys,
             full_values=self.full_values,
             mid_keys=self.mid_keys,
@@ -191,11 +197,18 @@ class LeanKStaticLayer(CacheLayerMixin):
         """A multi-token update after decoding started (a reused cache): eager, read by the PyTorch path."""
         if torch.compiler.is_compiling():
             raise LeanKUsageError(
-                "a LeanKStaticCache compiles its single-token decode steps; feed a multi-token chunk (a new turn on a "
-                "reused cache) outside the compiled function"
+                "a LeanKStaticCache takes multi-token forwards (a prompt, a new turn) outside compiled code only; "
+                "`generate(prefill_chunk_size=...)` compiles the prompt's chunks: use LeanKCache for chunked prefill, "
+                "or feed the prompt in one forward"
             )
         start = int(self.cumulative_length)
         count = keys.shape[2]
+        if start == self._prompt_length:
+            raise LeanKUsageError(
+                "a LeanKStaticCache attends a prompt exactly only when it comes in one forward, and this forward "
+                "continues a prompt that no decode step followed (chunked prefill?): feed the prompt in one forward, "
+                "or use LeanKCache for chunked prefill"
+            )
         if start + count > self.max_cache_len:
             raise LeanKUsageError(
                 f"the cache holds {start} slots and got {count} more, beyond its `max_cache_len` of "
@@ -353,7 +366,6 @@ class LeanKStaticCache(Cache):
             masks.recent_size if recent_size is None else recent_size,
             masks.flush_size if flush_size is None else flush_size,
         )
-        self.max_cache_len = max_cache_len
         layers: list[CacheLayerMixin] = []
         for index, layer_type in enumerate(shape.layer_types):
             if layer_type == FULL_ATTENTION:
@@ -367,7 +379,13 @@ class LeanKStaticCache(Cache):
                     f"layer {index} is a {layer_type!r} layer, which LeanKStaticCache does not support: it prunes "
                     "'full_attention' layers and leaves 'sliding_attention' layers to transformers"
                 )
+        self._max_cache_len = max_cache_len
         super().__init__(layers=layers)
+
+    @property
+    def max_cache_len(self) -> int:
+        """Most slots per row the cache holds."""
+        return self._max_cache_len
 
     @classmethod
     def from_pretrained(

@@ -1,4 +1,9 @@
-"""GPU end-to-end decoding: `generate()` with DynamicCache + sdpa against LeanKCache + the Triton kernel.
+"""GPU end-to-end decoding: `generate()` with transformers' caches against the LeanK caches.
+
+Methods: `sdpa` (DynamicCache + sdpa, eager), `static_compiled` (StaticCache + sdpa, `generate`'s auto-compile:
+transformers' fastest single-GPU path), `leank` (LeanKCache + the Triton kernel, eager) and `leank_static_compiled`
+(LeanKStaticCache + the Triton custom op, auto-compiled). Compiled methods first generate a few tokens on the same
+cache (compilation and CUDA-graph recording are not timed), then `reset()` it.
 
 A random-weight Llama with Llama-3.1-8B's shapes (32 layers, hidden 4096, 32 query / 8 KV heads of 128 channels;
 MLP width and vocabulary configurable, Llama-3.1-8B's MLP by default) and the authors' Llama-3.1-8B mask. For each
@@ -19,16 +24,28 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
-from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM, StoppingCriteria, StoppingCriteriaList
+from transformers import (
+    DynamicCache,
+    LlamaConfig,
+    LlamaForCausalLM,
+    StaticCache,
+    StoppingCriteria,
+    StoppingCriteriaList,
+)
 
 from ..attention import apply_leank, revert_leank
 from ..cache import LeanKCache, LeanKLayer
 from ..errors import LeanKUsageError
 from ..masks import LeanKMasks
+from ..static_cache import LeanKStaticCache
 from . import BenchmarkResult
+from .kernel import copy_bandwidth_gbps
 
 MASK_ID = "meta-llama/Llama-3.1-8B-Instruct"
-METHODS = ("sdpa", "leank")
+METHODS = ("sdpa", "static_compiled", "leank", "leank_static_compiled")
+COMPILED = ("static_compiled", "leank_static_compiled")
+# The largest-batch search fills caches by hand, which only the dynamic caches support.
+SEARCHED = ("sdpa", "leank")
 GIB = 2**30
 
 
@@ -46,6 +63,8 @@ class GenerateResult:
     peak_gib: float
     decode_peak_gib: float
     cache_gib: float
+    read_gib: float  # cache bytes a decode step reads (allocated for StaticCache, whose sdpa reads every slot)
+    floor_ms: float  # (weight bytes + read_gib) / device copy bandwidth
 
 
 class _StepClock(StoppingCriteria):
@@ -91,21 +110,31 @@ def build_model(intermediate_size: int, vocab_size: int, num_layers: int) -> Lla
 
 
 def _switch(model: LlamaForCausalLM, method: str) -> None:
-    if method == "leank":
+    if method.startswith("leank"):
         apply_leank(model, backend="triton")
     else:
         revert_leank(model)
         model.set_attn_implementation("sdpa")
 
 
-def _new_cache(method: str, model: LlamaForCausalLM, masks: LeanKMasks) -> DynamicCache | LeanKCache:
-    return LeanKCache(masks, model.config) if method == "leank" else DynamicCache(config=model.config)
+def _new_cache(method: str, model: LlamaForCausalLM, masks: LeanKMasks, max_cache_len: int) -> Any:
+    config = model.config
+    if method == "static_compiled":
+        return StaticCache(config=config, max_cache_len=max_cache_len)
+    if method == "leank":
+        return LeanKCache(masks, config)
+    if method == "leank_static_compiled":
+        return LeanKStaticCache(masks, config, max_cache_len=max_cache_len)
+    return DynamicCache(config=config)
 
 
-def _cache_bytes(cache: DynamicCache | LeanKCache) -> int:
-    if isinstance(cache, LeanKCache):
-        return cache.memory_footprint().allocated
-    return sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers if layer.keys is not None)
+def _cache_bytes(cache: Any) -> tuple[int, int]:
+    """`(allocated, read per decode step)` bytes of a cache after generation."""
+    if isinstance(cache, LeanKCache | LeanKStaticCache):
+        footprint = cache.memory_footprint()
+        return footprint.allocated, footprint.used
+    allocated = sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers if layer.keys is not None)
+    return allocated, allocated
 
 
 def _free() -> None:
@@ -113,20 +142,7 @@ def _free() -> None:
     torch.cuda.empty_cache()
 
 
-@torch.inference_mode()
-def time_generate(
-    model: LlamaForCausalLM, masks: LeanKMasks, method: str, batch: int, context: int, new_tokens: int
-) -> GenerateResult:
-    """Greedy `generate` of `new_tokens` after a random prompt of `context` tokens."""
-    _switch(model, method)
-    generator = torch.Generator(device="cuda").manual_seed(batch)
-    prompt = torch.randint(1, model.config.vocab_size, (batch, context), device="cuda", generator=generator)
-    cache = _new_cache(method, model, masks)
-    clock = _StepClock()
-    _free()
-    torch.cuda.reset_peak_memory_stats()
-    torch.cuda.synchronize()
-    start = time.perf_counter()
+def _generate(model: LlamaForCausalLM, prompt: torch.Tensor, cache: Any, new_tokens: int, clock: _StepClock) -> None:
     model.generate(
         prompt,
         attention_mask=torch.ones_like(prompt),
@@ -136,9 +152,38 @@ def time_generate(
         do_sample=False,
         stopping_criteria=StoppingCriteriaList([clock]),
     )
+
+
+@torch.inference_mode()
+def time_generate(
+    model: LlamaForCausalLM,
+    masks: LeanKMasks,
+    method: str,
+    batch: int,
+    context: int,
+    new_tokens: int,
+    *,
+    weight_bytes: int = 0,
+    copy_gbps: float = float("inf"),
+) -> GenerateResult:
+    """Greedy `generate` of `new_tokens` after a random prompt of `context` tokens."""
+    _switch(model, method)
+    generator = torch.Generator(device="cuda").manual_seed(batch)
+    prompt = torch.randint(1, model.config.vocab_size, (batch, context), device="cuda", generator=generator)
+    cache = _new_cache(method, model, masks, context + new_tokens)
+    if method in COMPILED:  # compile and record the decode step on this cache, then start over on it
+        _generate(model, prompt[:, : min(context, 1024)], cache, 4, _StepClock())
+        cache.reset()
+    clock = _StepClock()
+    _free()
+    torch.cuda.reset_peak_memory_stats()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    _generate(model, prompt, cache, new_tokens, clock)
     torch.cuda.synchronize()
     steps = len(clock.times) - 1
     decode_s = clock.times[-1] - clock.times[0]
+    allocated, read = _cache_bytes(cache)
     result = GenerateResult(
         method=method,
         batch=batch,
@@ -149,7 +194,9 @@ def time_generate(
         decode_ms_per_step=1e3 * decode_s / steps,
         peak_gib=max(torch.cuda.max_memory_allocated(), clock.decode_peak) / GIB,
         decode_peak_gib=clock.decode_peak / GIB,
-        cache_gib=_cache_bytes(cache) / GIB,
+        cache_gib=allocated / GIB,
+        read_gib=read / GIB,
+        floor_ms=1e3 * (weight_bytes + read) / (copy_gbps * 1e9),
     )
     del cache
     _free()
@@ -163,7 +210,7 @@ def fits(model: LlamaForCausalLM, masks: LeanKMasks, method: str, batch: int, co
     config = model.config
     cache = None
     try:
-        cache = _new_cache(method, model, masks)
+        cache = _new_cache(method, model, masks, context)
         shape = (batch, config.num_key_value_heads, context, config.head_dim)
         for index, layer in enumerate(cache.layers):
             keys = torch.randn(shape, device="cuda", dtype=torch.bfloat16)
@@ -202,26 +249,29 @@ def largest_batch(probe: Callable[[int], bool], start: int = 1, limit: int = 102
 
 def run_generate_benchmark(
     *,
-    context: int = 32768,
+    contexts: tuple[int, ...] = (32768,),
     new_tokens: int = 256,
     batches: tuple[int, ...] = (1, 8),
+    methods: tuple[str, ...] = METHODS,
     intermediate_size: int = 14336,
     vocab_size: int = 32000,
     num_layers: int = 32,
     search_max_batch: bool = True,
     report: Callable[[str], None] = print,
 ) -> BenchmarkResult:
-    """Decode throughput and memory of both methods, and the largest batch each fits at `context` tokens.
+    """Decode throughput and memory per (context, batch, method), and the largest batch the dynamic caches fit.
 
     Args:
-        context (`int`, *optional*, defaults to 32768): prompt tokens per row.
+        contexts (`tuple[int, ...]`, *optional*, defaults to `(32768,)`): prompt tokens per row.
         new_tokens (`int`, *optional*, defaults to 256): generated tokens per row.
         batches (`tuple[int, ...]`, *optional*, defaults to `(1, 8)`): batch sizes of the timed runs.
+        methods (`tuple[str, ...]`, *optional*): a subset of `METHODS`.
         intermediate_size (`int`, *optional*, defaults to 14336): MLP width (Llama-3.1-8B's by default).
         vocab_size (`int`, *optional*, defaults to 32000): vocabulary (Llama-3.1-8B has 128256; only the LM head's
             cost depends on it).
         num_layers (`int`, *optional*, defaults to 32): decoder layers (the mask's first `num_layers` layers).
-        search_max_batch (`bool`, *optional*, defaults to True): also search the largest batch per method.
+        search_max_batch (`bool`, *optional*, defaults to True): also search, at the first context, the largest batch
+            of `sdpa` and `leank`.
         report (`Callable[[str], None]`, *optional*): called with one line per finished measurement.
 
     Returns:
@@ -229,6 +279,9 @@ def run_generate_benchmark(
     """
     if not torch.cuda.is_available():
         raise LeanKUsageError("the generate benchmark needs a CUDA GPU, and torch sees none; run it on a GPU machine")
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        raise LeanKUsageError(f"unknown methods {unknown}; choose from {list(METHODS)}")
     full = LeanKMasks.from_pretrained(MASK_ID)
     masks = LeanKMasks(
         full.mask[:num_layers],
@@ -239,75 +292,91 @@ def run_generate_benchmark(
         align=full.align,
     )
     model = build_model(intermediate_size, vocab_size, num_layers)
-    weights_gib = sum(p.numel() * p.element_size() for p in model.parameters()) / GIB
-    for method in METHODS:  # load kernels and libraries outside the timed runs
-        time_generate(model, masks, method, 1, 2 * (masks.sink_size + masks.recent_size), 4)
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    copy_gbps = copy_bandwidth_gbps()
+    for method in methods:  # load kernels and libraries outside the timed runs (compiled methods warm up per shape)
+        if method not in COMPILED:
+            time_generate(model, masks, method, 1, 2 * (masks.sink_size + masks.recent_size), 4)
     results: list[GenerateResult] = []
     rows: list[list[Any]] = []
-    for batch in batches:
-        for method in METHODS:
-            try:
-                result = time_generate(model, masks, method, batch, context, new_tokens)
-            except torch.OutOfMemoryError:
-                _free()
-                report(f"{method} batch {batch}: out of memory")
-                rows.append([method, batch, "OOM", "-", "-", "-", "-", "-"])
-                continue
-            results.append(result)
-            report(
-                f"{method} batch {batch}: {result.decode_tokens_per_s:.1f} tok/s, {result.decode_ms_per_step:.1f} "
-                f"ms/step, prefill {result.prefill_s:.1f} s, peak {result.peak_gib:.1f} GiB"
-            )
-            rows.append(
-                [
-                    method,
-                    batch,
-                    f"{result.decode_tokens_per_s:.1f}",
-                    f"{result.decode_ms_per_step:.2f}",
-                    f"{result.prefill_s:.2f}",
-                    f"{result.peak_gib:.1f}",
-                    f"{result.decode_peak_gib:.1f}",
-                    f"{result.cache_gib:.2f}",
-                ]
-            )
+    for context in contexts:
+        for batch in batches:
+            for method in methods:
+                try:
+                    result = time_generate(
+                        model, masks, method, batch, context, new_tokens, weight_bytes=weight_bytes, copy_gbps=copy_gbps
+                    )
+                except torch.OutOfMemoryError:
+                    _free()
+                    report(f"{method} context {context} batch {batch}: out of memory")
+                    rows.append([context, batch, method, "OOM", "-", "-", "-", "-", "-", "-"])
+                    continue
+                results.append(result)
+                report(
+                    f"{method} context {context} batch {batch}: {result.decode_tokens_per_s:.1f} tok/s, "
+                    f"{result.decode_ms_per_step:.2f} ms/step (floor {result.floor_ms:.2f}), prefill "
+                    f"{result.prefill_s:.1f} s, peak {result.peak_gib:.1f} GiB"
+                )
+                rows.append(
+                    [
+                        context,
+                        batch,
+                        method,
+                        f"{result.decode_tokens_per_s:.1f}",
+                        f"{result.decode_ms_per_step:.2f}",
+                        f"{result.floor_ms:.2f}",
+                        f"{100 * result.floor_ms / result.decode_ms_per_step:.0f}%",
+                        f"{result.prefill_s:.2f}",
+                        f"{result.peak_gib:.1f}",
+                        f"{result.cache_gib:.2f}",
+                    ]
+                )
     notes = [
         f"{torch.cuda.get_device_name()}, bf16, random-weight Llama: {num_layers} layers, hidden 4096, 32 q / 8 KV "
-        f"heads x 128, MLP {intermediate_size}, vocab {vocab_size} ({weights_gib:.1f} GiB of weights); mask "
-        f"{MASK_ID}; prompt {context} random tokens, {new_tokens} greedy new tokens. sdpa = DynamicCache + sdpa "
-        "attention; leank = LeanKCache + apply_leank(backend='triton').",
+        f"heads x 128, MLP {intermediate_size}, vocab {vocab_size} ({weight_bytes / GIB:.1f} GiB of weights); mask "
+        f"{MASK_ID}; prompts of random tokens, {new_tokens} greedy new tokens. sdpa = DynamicCache + sdpa; "
+        "static_compiled = StaticCache + sdpa with generate's auto-compile; leank = LeanKCache + Triton, eager; "
+        "leank_static_compiled = LeanKStaticCache + Triton custom op with generate's auto-compile.",
+        f"floor = (weight bytes + cache bytes read per step) / device copy bandwidth ({copy_gbps:.0f} GB/s, read + "
+        "write counted); % floor = floor / measured ms per step.",
     ]
-    speedups = {
-        r.batch: r.decode_tokens_per_s
-        / next(s.decode_tokens_per_s for s in results if s.method == "sdpa" and s.batch == r.batch)
-        for r in results
-        if r.method == "leank" and any(s.method == "sdpa" and s.batch == r.batch for s in results)
-    }
-    for batch, speedup in speedups.items():
-        notes.append(f"Decode throughput LeanK / sdpa at batch {batch}: {speedup:.2f}x")
     largest: dict[str, int] = {}
     if search_max_batch:
-        for method in METHODS:
+        context = contexts[0]
+        for method in [m for m in SEARCHED if m in methods]:
             largest[method] = largest_batch(lambda b, method=method: fits(model, masks, method, b, context))
             report(f"{method}: largest batch at {context} tokens = {largest[method]}")
-        ratio = largest["leank"] / largest["sdpa"] if largest["sdpa"] else float("nan")
         notes.append(
             f"Largest batch that fits at {context} tokens (cache filled with random K/V, two decode steps; prefill "
-            f"activations not counted): sdpa {largest['sdpa']}, leank {largest['leank']} ({ratio:.2f}x)."
+            f"activations not counted): {largest}."
         )
     return BenchmarkResult(
         name="generate_gpu",
-        title="End-to-end decoding on GPU: DynamicCache + sdpa vs LeanKCache + Triton",
-        columns=["method", "batch", "decode tok/s", "ms/step", "prefill s", "peak GiB", "decode peak GiB", "cache GiB"],
+        title="End-to-end decoding on GPU: transformers' caches vs the LeanK caches",
+        columns=[
+            "context",
+            "batch",
+            "method",
+            "decode tok/s",
+            "ms/step",
+            "floor ms",
+            "% floor",
+            "prefill s",
+            "peak GiB",
+            "cache GiB",
+        ],
         rows=rows,
         data=[asdict(r) for r in results],
         settings={
-            "context": context,
+            "contexts": list(contexts),
             "new_tokens": new_tokens,
             "batches": list(batches),
+            "methods": list(methods),
             "intermediate_size": intermediate_size,
             "vocab_size": vocab_size,
             "num_layers": num_layers,
-            "weights_gib": weights_gib,
+            "weight_bytes": weight_bytes,
+            "copy_gbps": copy_gbps,
             "largest_batch": largest,
         },
         notes=notes,

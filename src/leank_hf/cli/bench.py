@@ -96,25 +96,27 @@ def add_kernel(benchmarks: argparse._SubParsersAction) -> None:
 
 
 def add_generate(benchmarks: argparse._SubParsersAction) -> None:
-    from ..benchmarks.generate_gpu import run_generate_benchmark
+    from ..benchmarks.generate_gpu import METHODS, run_generate_benchmark
 
     parser = benchmarks.add_parser(
         "generate",
-        help="GPU end-to-end generate: DynamicCache + sdpa vs LeanKCache + Triton, decode tok/s and memory",
+        help="GPU end-to-end generate: transformers' caches (eager, compiled) vs the LeanK caches, tok/s and memory",
         description="generate() of a random-weight model with Llama-3.1-8B's shapes: decode tokens/s and peak memory "
         "per batch size, and the largest batch each method fits. Needs CUDA.",
     )
-    parser.add_argument("--context", type=lambda text: _sizes(text)[0], default=32768, help="prompt tokens, e.g. 32k")
+    parser.add_argument("--contexts", type=_sizes, default=[32768], help="prompt tokens, e.g. 8k,32k,128k")
     parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--batches", type=_sizes, default=[1, 8], help="e.g. 1,8")
     parser.add_argument("--intermediate-size", type=int, default=14336, help="MLP width (Llama-3.1-8B: 14336)")
     parser.add_argument("--vocab-size", type=int, default=32000)
     parser.add_argument("--num-layers", type=int, default=32)
+    parser.add_argument("--methods", default=",".join(METHODS), help=f"comma list of {', '.join(METHODS)}")
     parser.add_argument("--no-max-batch", action="store_true", help="skip the largest-batch search")
     add_output_options(parser)
     parser.set_defaults(
         run=lambda args: run_generate_benchmark(
-            context=args.context,
+            contexts=tuple(args.contexts),
+            methods=tuple(args.methods.split(",")),
             new_tokens=args.new_tokens,
             batches=tuple(args.batches),
             intermediate_size=args.intermediate_size,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 import warnings
 from collections.abc import Callable
@@ -73,10 +74,16 @@ def leank_static_decode_attention(
     if backend == "triton" and not aligned:
         raise LeanKUsageError("the Triton LeanK kernel needs kept widths that are multiples of 16; use backend='torch'")
     if backend == "triton" or (backend == "auto" and query.is_cuda and aligned):
-        from .static_triton import leank_static_decode_triton
-
-        return leank_static_decode_triton(query, kv, scale=scale)
+        return _static_triton_kernel()(query, kv, scale=scale)
     return leank_static_decode_torch(query, kv, scale=scale)
+
+
+@functools.cache
+def _static_triton_kernel() -> Callable[..., torch.Tensor]:
+    """The static-cache Triton launcher (imported once, outside compiled regions after the first call)."""
+    from .static_triton import leank_static_decode_triton
+
+    return leank_static_decode_triton
 
 
 def _triton_kernel(required: bool) -> Callable[..., torch.Tensor] | None:

@@ -173,8 +173,9 @@ class StaticKV:
 
     layout: HeadLayout
     windows: Windows
-    full_keys: torch.Tensor  # [B, H, sink + ring, D]
-    full_values: torch.Tensor  # [B, H, sink + ring, D]
+    ring_size: int
+    full_keys: torch.Tensor  # [B, H, >= sink + ring, D]
+    full_values: torch.Tensor  # [B, H, >= sink + ring, D]
     mid_keys: torch.Tensor  # [B, mid_cap * C]
     mid_values: torch.Tensor  # [B, num_value_heads, mid_cap, D]
     mid_cap: int
@@ -182,10 +183,6 @@ class StaticKV:
     position: torch.Tensor  # [] int64: global slot of the query
     counters: torch.Tensor  # [B * H] int32, zero between launches (Triton kernel's merge counters)
     key_mask: torch.Tensor | None = None  # [B, kv] bool
-
-    @property
-    def ring_size(self) -> int:
-        return self.full_keys.shape[2] - self.windows.sink_size
 
     def mid_key_group(self, group: WidthGroup) -> torch.Tensor:
         """The `[B, count, mid_cap, width]` view of one width group's middle keys (no copy)."""

@@ -49,11 +49,12 @@ def leank_static_decode_torch(query: torch.Tensor, kv: StaticKV, *, scale: float
     slot up to the capacity is scored and masked, as a static cache's dense attention does.
     """
     full_valid, mid_valid = _static_validity(kv)
+    num_full = kv.windows.sink_size + kv.ring_size
     return attend_compact(
         query,
         kv.layout,
-        kv.full_keys,
-        kv.full_values,
+        kv.full_keys[:, :, :num_full],
+        kv.full_values[:, :, :num_full],
         full_valid,
         [kv.mid_key_group(group) for group in kv.layout.groups],
         kv.mid_values,
