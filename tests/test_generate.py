@@ -267,3 +267,15 @@ def test_gemma2_is_refused_clearly() -> None:
     with pytest.raises(LeanKUsageError, match="does not support transformers' sdpa|softcapping"):
         apply_leank(model)
         model(_prompt(), past_key_values=LeanKCache(ones_masks(model.config), model.config))
+
+
+@pytest.mark.parametrize("fullgraph", [False, True])
+def test_torch_compile_is_refused_clearly(fullgraph: bool) -> None:
+    """Dynamo must not reach the compact keys: the error names what is unsupported and the compile-capable cache."""
+    model = apply_leank(tiny_model("llama"))
+    forward = torch.compile(model.forward, backend="eager", fullgraph=fullgraph)
+    cache = LeanKCache(ones_masks(model.config), model.config)
+    with pytest.raises(Exception, match="cannot be captured by torch.compile.*LeanKStaticCache") as error:
+        forward(_prompt(), past_key_values=cache, use_cache=True)
+    assert fullgraph or isinstance(error.value, LeanKUsageError)
+    torch._dynamo.reset()

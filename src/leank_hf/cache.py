@@ -32,6 +32,17 @@ _NOT_SWITCHED = (
     "this model's attention received the compact keys of a LeanKCache, which only the LeanK attention can read; "
     "call `leank_hf.apply_leank(model)` before generating with a LeanKCache"
 )
+_NOT_COMPILABLE = (
+    "the dynamic LeanKCache cannot be captured by torch.compile: its tensors change shape at every flush; run the "
+    "model without torch.compile, or use LeanKStaticCache, the compile-capable LeanK cache"
+)
+
+
+@torch.compiler.disable(reason=_NOT_COMPILABLE)
+def _refuse_compile() -> None:
+    """Raise the compile error. Dynamo does not trace it: with `fullgraph=True` it reports the reason above, without
+    it breaks the graph and runs this function, which raises."""
+    raise LeanKUsageError(_NOT_COMPILABLE)
 
 
 class LeanKStates:
@@ -198,6 +209,8 @@ class LeanKLayer(CacheLayerMixin):
         A fresh layer returns the dense prompt (`PrefillKV`); later calls return the compact cache (`CompactKV`) with
         one boundary per new query row.
         """
+        if torch.compiler.is_compiling():
+            _refuse_compile()
         if self._pending is not None:
             raise LeanKUsageError(
                 "a LeanKCache layer was updated twice without attention in between (its prompt was never attended); "
