@@ -3,10 +3,13 @@
 It never looks at a `LeanKCache`: it runs as a transformers attention function on a plain `DynamicCache`, so it sees
 the full-width key/value history, and applies the rules with boolean masks over all keys, in float64:
 
-- the first forward of a fresh cache is exact attention;
+- prompt forwards are exact attention: with a `ReferenceCache`, the prompt as `LeanKLayer` defines it (the first
+  update and every multi-token update right after it, until a single-token update, a crop or a batch reorder);
+  with a plain `DynamicCache`, the first forward only (the trainer's semantics: answer rows after a prompt);
 - a later query at global slot `q` of row `b` (left pad `pad[b]`, read from the attention mask) reads key `j <= q`
-  (`j >= pad[b]`) with all channels if `j < pad[b] + sink` or `j >= boundary(q)`, otherwise with its KV head's
-  kept channels only (the other channels zeroed), and not at all if that head keeps no channel;
+  that its attention mask allows (holes included: never a masked key) with all channels if `j < pad[b] + sink` or
+  `j >= boundary(q)`, otherwise with its KV head's kept channels only (the other channels zeroed), and not at all if
+  that head keeps no channel;
 - `boundary(q) = sink + flush * floor(max(0, q + 1 - sink - recent) / flush)`.
 
 Layers that are not `full_attention` are left to sdpa, as LeanK leaves them to transformers.
@@ -18,11 +21,47 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
-from transformers import AttentionInterface
+from transformers import AttentionInterface, DynamicCache
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 REFERENCE_NAME = "leank_reference"
+# Layer index -> whether a `ReferenceCache`'s latest update of that layer is prompt; read once by the attention.
+_PROMPT_UPDATES: dict[int, bool] = {}
+
+
+class ReferenceCache(DynamicCache):
+    """A `DynamicCache` that tells the reference which updates are prompt, by `LeanKLayer`'s rule.
+
+    A layer's first update, and each multi-token update right after it, are prompt; a single-token update, a `crop`
+    (`crop(0)` too) or a batch reorder / selection / repeat ends the prompt.
+    """
+
+    def __init__(self, config):
+        super().__init__(config=config)
+        self.in_prompt: dict[int, bool] = {}
+
+    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+        fresh = self.get_seq_length(layer_idx) == 0
+        prompt = fresh or (key_states.shape[2] > 1 and self.in_prompt.get(layer_idx, False))
+        self.in_prompt[layer_idx] = _PROMPT_UPDATES[layer_idx] = prompt
+        return super().update(key_states, value_states, layer_idx, *args, **kwargs)
+
+    def crop(self, tokens_to_remove: int) -> None:
+        super().crop(tokens_to_remove)
+        self.in_prompt.clear()
+
+    def reorder_cache(self, beam_idx) -> None:
+        super().reorder_cache(beam_idx)
+        self.in_prompt.clear()
+
+    def batch_select_indices(self, indices) -> None:
+        super().batch_select_indices(indices)
+        self.in_prompt.clear()
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        super().batch_repeat_interleave(repeats)
+        self.in_prompt.clear()
 
 
 def window_start(query_slot: int, sink: int, recent: int, flush: int) -> int:
@@ -51,7 +90,8 @@ def reference_attention(
     batch, num_query_heads, num_rows, head_dim = query.shape
     total = key.shape[2]
     start = total - num_rows
-    if (layer_types is not None and layer_types[layer] != "full_attention") or start == 0:
+    prompt = _PROMPT_UPDATES.pop(layer, start == 0)
+    if (layer_types is not None and layer_types[layer] != "full_attention") or prompt:
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
 
     num_heads = key.shape[1]
@@ -87,7 +127,8 @@ def reference_attention(
 
 @contextmanager
 def reference_model(model, keep: torch.Tensor, sink: int, recent: int, flush: int) -> Iterator:
-    """Switch `model` to the dense reference for the duration of the block (use it with a `DynamicCache`)."""
+    """Switch `model` to the dense reference for the duration of the block (use it with a `ReferenceCache`, or a
+    `DynamicCache` where only the first forward is prompt)."""
 
     def attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
         return reference_attention(

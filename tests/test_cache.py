@@ -329,3 +329,26 @@ def test_each_layer_allocates_where_its_keys_arrive() -> None:
         tensors = (layer.full_keys, layer.full_values, layer.mid_keys, layer.mid_values, layer.pad)
         assert {tensor.device.type for tensor in tensors} == {device}
     assert cache.get_seq_length() == 42 and cache.memory_footprint().used > 0
+
+
+@pytest.mark.parametrize("end", ["decode", "crop", "crop(0)", "reorder"])
+def test_prompt_stays_dense_until_it_ends(end: str) -> None:
+    """Multi-token updates right after the prompt extend it (the whole prompt so far is returned for exact attention);
+    a single-token update, a crop (`crop(0)` too) or a batch reorder compacts it."""
+    mask, pad = _layer_mask(), torch.tensor([0, 3])
+    keys = torch.randn(2, 5, 40, 32)
+    layer = LeanKLayer(mask, sink_size=SINK, recent_size=RECENT, flush_size=FLUSH)
+    for start, stop in ((0, 16), (16, 30), (30, 37)):
+        states, _ = layer.update(keys[:, :, start:stop], keys[:, :, start:stop])
+        torch.testing.assert_close(states.payload.keys, keys[:, :, :stop], rtol=0, atol=0)
+        layer.prompt_attended(pad)
+    assert layer.num_mid == 0 and layer.memory_footprint().regions["keys/full"].used == keys[:, :, :37].nbytes
+    if end == "decode":
+        layer.update(keys[:, :, 37:38], keys[:, :, 37:38])
+    elif end == "reorder":
+        layer.reorder_cache(torch.tensor([0, 1]))
+    else:
+        layer.crop(0 if end == "crop(0)" else -3 * FLUSH)  # a dense prompt loses any number of tokens exactly
+    assert layer._prompt is None and layer.num_mid > 0
+    assert layer.length == {"decode": 38, "crop": 37 - 3 * FLUSH}.get(end, 37)
+    _check_storage(layer, mask, keys, keys, pad)

@@ -7,7 +7,8 @@ import torch
 from transformers import DynamicCache
 
 from leank_hf import LeanKCache, LeanKUsageError, apply_leank, revert_leank
-from reference import reference_model
+from leank_hf.cache import LeanKLayer
+from reference import ReferenceCache, reference_model
 from tiny_models import FLUSH, LLAMA_WIDTHS, RECENT, SINK, ones_masks, random_masks, tiny_model
 
 ATOL = 1e-5  # fp32 models; the reference runs in float64
@@ -35,12 +36,12 @@ def _left_padded(lengths: tuple[int, ...]) -> dict[str, torch.Tensor]:
 
 
 def _generate_pair(model, masks, inputs: dict, seed: int = 0, **kwargs):
-    """Run `generate` with the reference (DynamicCache) and with LeanK (LeanKCache); return both outputs."""
+    """Run `generate` with the reference (ReferenceCache) and with LeanK (LeanKCache); return both outputs."""
     kwargs = {"max_new_tokens": 12, "output_logits": True, "return_dict_in_generate": True, **kwargs}
     windows = (masks.sink_size, masks.recent_size, masks.flush_size)
     with reference_model(model, masks.mask, *windows):
         torch.manual_seed(seed)
-        expected = model.generate(**inputs, past_key_values=DynamicCache(config=model.config), **kwargs)
+        expected = model.generate(**inputs, past_key_values=ReferenceCache(model.config), **kwargs)
     apply_leank(model)
     try:
         torch.manual_seed(seed)
@@ -55,6 +56,12 @@ def _assert_same_generation(expected, actual) -> None:
     assert len(actual.logits) == len(expected.logits)
     for step, (got, want) in enumerate(zip(actual.logits, expected.logits)):
         torch.testing.assert_close(got, want, rtol=0, atol=ATOL, msg=lambda m, step=step: f"step {step}: {m}")
+
+
+def _compact(cache: LeanKCache) -> bool:
+    """Every LeanK layer holds its prompt in the compact regions (no dense prompt left), with a middle."""
+    layers = [layer for layer in cache.layers if isinstance(layer, LeanKLayer)]
+    return all(layer._prompt is None and layer.num_mid > 0 for layer in layers)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -137,12 +144,15 @@ def test_prompt_shorter_than_sink_plus_recent(length: int) -> None:
     )
 
 
-def _multi_turn(model, masks, cache, first: dict, follow_up: torch.Tensor):
+def _multi_turn(model, masks, cache, first: dict, follow_up: torch.Tensor, follow_up_mask: torch.Tensor | None = None):
     kwargs = {"max_new_tokens": 8, "do_sample": False, "output_logits": True, "return_dict_in_generate": True}
     turn = model.generate(**first, past_key_values=cache, **kwargs)
     input_ids = torch.cat([turn.sequences, follow_up], dim=1)
     attention_mask = torch.cat(
-        [first["attention_mask"], torch.ones_like(input_ids[:, first["input_ids"].shape[1] :])], 1
+        [first["attention_mask"], torch.ones_like(turn.sequences[:, first["input_ids"].shape[1] :])], 1
+    )
+    attention_mask = torch.cat(
+        [attention_mask, torch.ones_like(follow_up) if follow_up_mask is None else follow_up_mask], 1
     )
     return model.generate(input_ids=input_ids, attention_mask=attention_mask, past_key_values=cache, **kwargs)
 
@@ -156,7 +166,7 @@ def test_cache_reused_across_generate_calls(flush: int) -> None:
     follow_up = _prompt(2, 7, seed=5)
     windows = (masks.sink_size, masks.recent_size, masks.flush_size)
     with reference_model(model, masks.mask, *windows):
-        expected = _multi_turn(model, masks, DynamicCache(config=model.config), first, follow_up)
+        expected = _multi_turn(model, masks, ReferenceCache(model.config), first, follow_up)
     apply_leank(model)
     actual = _multi_turn(model, masks, LeanKCache(masks, model.config), first, follow_up)
     _assert_same_generation(expected, actual)
@@ -176,7 +186,7 @@ def _forward_script(model, cache, steps) -> tuple[list[torch.Tensor], list[int]]
             if isinstance(cache, LeanKCache):
                 cache.reset()
             else:
-                cache = DynamicCache(config=model.config)
+                cache = ReferenceCache(model.config)
         else:
             step(cache)
         lengths.append(cache.get_seq_length())
@@ -186,7 +196,7 @@ def _forward_script(model, cache, steps) -> tuple[list[torch.Tensor], list[int]]
 def _compare_scripts(model, masks, steps) -> None:
     windows = (masks.sink_size, masks.recent_size, masks.flush_size)
     with reference_model(model, masks.mask, *windows):
-        expected, expected_lengths = _forward_script(model, DynamicCache(config=model.config), steps)
+        expected, expected_lengths = _forward_script(model, ReferenceCache(model.config), steps)
     apply_leank(model)
     try:
         actual, lengths = _forward_script(model, LeanKCache(masks, model.config), steps)
@@ -220,9 +230,11 @@ def test_prompt_lookup_decoding_crops_rejected_candidates() -> None:
     model = tiny_model("llama")
     pattern = _prompt(1, 9, seed=4)
     prompt = torch.cat([pattern] * 5, dim=1)
-    _assert_same_generation(
-        *_generate_pair(model, _masks(model), {"input_ids": prompt}, do_sample=False, prompt_lookup_num_tokens=FLUSH)
+    expected, actual = _generate_pair(
+        model, _masks(model), {"input_ids": prompt}, do_sample=False, prompt_lookup_num_tokens=FLUSH
     )
+    _assert_same_generation(expected, actual)
+    assert _compact(actual.past_key_values)  # its first forward (prompt + candidates) is the only prompt
 
 
 def test_reset_then_new_batch() -> None:
@@ -267,3 +279,101 @@ def test_gemma2_is_refused_clearly() -> None:
     with pytest.raises(LeanKUsageError, match="does not support transformers' sdpa|softcapping"):
         apply_leank(model)
         model(_prompt(), past_key_values=LeanKCache(ones_masks(model.config), model.config))
+
+
+@pytest.mark.parametrize("fullgraph", [False, True])
+def test_torch_compile_is_refused_clearly(fullgraph: bool) -> None:
+    """Dynamo must not reach the compact keys: the error names what is unsupported and the compile-capable cache."""
+    model = apply_leank(tiny_model("llama"))
+    forward = torch.compile(model.forward, backend="eager", fullgraph=fullgraph)
+    cache = LeanKCache(ones_masks(model.config), model.config)
+    with pytest.raises(Exception, match="cannot be captured by torch.compile.*LeanKStaticCache") as error:
+        forward(_prompt(), past_key_values=cache, use_cache=True)
+    assert fullgraph or isinstance(error.value, LeanKUsageError)
+    torch._dynamo.reset()
+
+
+def _with_holes() -> dict[str, torch.Tensor]:
+    """Three rows with masked positions that are not left padding: a span in the middle, a hole in a sink (after left
+    padding), one in the recent window."""
+    inputs = _left_padded((40, 35, 37))
+    mask = inputs["attention_mask"]
+    mask[0, 12:17] = 0
+    mask[1, 20:22] = 0
+    mask[2, 4] = mask[2, 36] = 0
+    return inputs
+
+
+def _generate_exact(model, masks, inputs: dict, **kwargs):
+    """Run `generate` with DynamicCache + sdpa and with a LeanKCache; return both outputs."""
+    kwargs = {
+        "max_new_tokens": 12,
+        "do_sample": False,
+        "output_logits": True,
+        "return_dict_in_generate": True,
+        **kwargs,
+    }
+    expected = model.generate(**inputs, past_key_values=DynamicCache(config=model.config), **kwargs)
+    apply_leank(model)
+    try:
+        actual = model.generate(**inputs, past_key_values=LeanKCache(masks, model.config), **kwargs)
+    finally:
+        revert_leank(model)
+    return expected, actual
+
+
+@pytest.mark.parametrize("family, flush", [("llama", 1), ("llama", FLUSH), ("gemma3", FLUSH)])
+def test_mask_holes_equal_dynamic_cache_with_sdpa(family: str, flush: int) -> None:
+    model = tiny_model(family)
+    _assert_same_generation(*_generate_exact(model, ones_masks(model.config, flush_size=flush), _with_holes()))
+
+
+@pytest.mark.parametrize("family, flush", [("llama", FLUSH), ("llama128", FLUSH)])
+def test_mask_holes_match_reference(family: str, flush: int) -> None:
+    model = tiny_model(family)
+    _assert_same_generation(*_generate_pair(model, _masks(model, flush), _with_holes(), do_sample=False))
+
+
+@pytest.mark.parametrize("pruned", [False, True], ids=["all-channels", "pruned"])
+def test_batched_follow_up_padded_per_row(pruned: bool) -> None:
+    """A second turn whose rows are left-padded to one length leaves pads between the first answer and the follow-up."""
+    model = tiny_model("llama")
+    masks = _masks(model) if pruned else ones_masks(model.config)
+    first = _left_padded((40, 29))
+    follow_up = _prompt(2, 7, seed=5)
+    follow_up_mask = torch.ones_like(follow_up)
+    follow_up_mask[1, :3] = 0
+    windows = (masks.sink_size, masks.recent_size, masks.flush_size)
+    if pruned:
+        with reference_model(model, masks.mask, *windows):
+            expected = _multi_turn(model, masks, ReferenceCache(model.config), first, follow_up, follow_up_mask)
+    else:
+        expected = _multi_turn(model, masks, DynamicCache(config=model.config), first, follow_up, follow_up_mask)
+    apply_leank(model)
+    actual = _multi_turn(model, masks, LeanKCache(masks, model.config), first, follow_up, follow_up_mask)
+    _assert_same_generation(expected, actual)
+
+
+@pytest.mark.parametrize("family, chunk", [("llama", 16), ("llama", 7), ("llama128", 16), ("gemma3", 16)])
+def test_chunked_prefill_is_exact(family: str, chunk: int) -> None:
+    """`prefill_chunk_size`: every chunk is prompt, attended exactly; the first decode step compacts the cache."""
+    model = tiny_model(family)
+    masks = _masks(model)
+    inputs = _left_padded((40, 31))
+    kwargs = {"max_new_tokens": 6, "do_sample": False, "output_logits": True, "return_dict_in_generate": True}
+    apply_leank(model)
+    whole = model.generate(**inputs, past_key_values=LeanKCache(masks, model.config), **kwargs)
+    cache = LeanKCache(masks, model.config)
+    chunked = model.generate(**inputs, past_key_values=cache, prefill_chunk_size=chunk, **kwargs)
+    revert_leank(model)
+    torch.testing.assert_close(chunked.logits[0], whole.logits[0], rtol=0, atol=ATOL)
+    assert _compact(cache)
+    exact = model.generate(**inputs, past_key_values=DynamicCache(config=model.config), **kwargs)
+    torch.testing.assert_close(chunked.logits[0], exact.logits[0], rtol=0, atol=ATOL)
+    _assert_same_generation(*_generate_pair(model, masks, inputs, do_sample=False, prefill_chunk_size=chunk))
+
+
+def test_chunked_prefill_with_all_channels_equals_dynamic_cache_with_sdpa() -> None:
+    model = tiny_model("llama")
+    expected, actual = _generate_exact(model, ones_masks(model.config), _with_holes(), prefill_chunk_size=16)
+    _assert_same_generation(expected, actual)

@@ -59,7 +59,9 @@ def _pack(keys, values, mask, pad, sink, query_start, boundaries, spare=5) -> Co
     )
 
 
-def _dense_attention(query, keys, values, mask, pad, sink, query_start, boundaries, scale) -> torch.Tensor:
+def _dense_attention(
+    query, keys, values, mask, pad, sink, query_start, boundaries, scale, key_mask=None
+) -> torch.Tensor:
     """The CompactKV reading rules over the dense history, one (row, query) pair at a time, in float64."""
     batch, num_query_heads, num_rows, head_dim = query.shape
     num_heads = keys.shape[1]
@@ -71,6 +73,8 @@ def _dense_attention(query, keys, values, mask, pad, sink, query_start, boundari
             position, boundary = query_start + i, boundaries[i]
             slots = torch.arange(position + 1)
             readable = slots >= int(pad[b])
+            if key_mask is not None:
+                readable &= key_mask[b, : position + 1]
             full = (slots < int(pad[b]) + sink) | (slots >= boundary)
             for j in range(num_query_heads):
                 h = j // groups
@@ -96,7 +100,7 @@ CASES = {
 }
 
 
-def _case(name: str, dtype: torch.dtype, seed: int = 0):
+def _case(name: str, dtype: torch.dtype, seed: int = 0, holes: bool = False):
     batch, heads, groups, head_dim, widths, sink, length, rows, pads, boundaries = CASES[name]
     generator = torch.Generator().manual_seed(seed)
     mask = torch.zeros(heads, head_dim, dtype=torch.bool)
@@ -108,7 +112,13 @@ def _case(name: str, dtype: torch.dtype, seed: int = 0):
     pad = torch.tensor(pads)
     query_start = length - rows
     kv = _pack(keys, values, mask, pad, sink, query_start, boundaries)
-    expected = _dense_attention(query, keys, values, mask, pad, sink, query_start, boundaries, head_dim**-0.5)
+    key_mask = None
+    if holes:  # ~30% of the real keys masked (sinks, middle and recent alike), never a query row's own key
+        key_mask = torch.rand(batch, length + 2, generator=generator) > 0.3
+        key_mask &= torch.arange(length + 2) >= pad[:, None]
+        key_mask[:, query_start:length] = True
+        kv.key_mask = key_mask
+    expected = _dense_attention(query, keys, values, mask, pad, sink, query_start, boundaries, head_dim**-0.5, key_mask)
     return query, kv, expected, head_dim**-0.5
 
 
@@ -117,9 +127,10 @@ def _case(name: str, dtype: torch.dtype, seed: int = 0):
     [(torch.float32, 1e-5, 1e-5), (torch.float16, 2e-3, 2e-3), (torch.bfloat16, 1.6e-2, 1.6e-2)],
     ids=["fp32", "fp16", "bf16"],
 )
+@pytest.mark.parametrize("holes", [False, True], ids=["no-holes", "holes"])
 @pytest.mark.parametrize("name", list(CASES))
-def test_torch_path_matches_dense_rules(name: str, dtype: torch.dtype, atol: float, rtol: float) -> None:
-    query, kv, expected, scale = _case(name, dtype)
+def test_torch_path_matches_dense_rules(name: str, holes: bool, dtype: torch.dtype, atol: float, rtol: float) -> None:
+    query, kv, expected, scale = _case(name, dtype, holes=holes)
     output = leank_decode_torch(query, kv, scale=scale)
     assert output.dtype == dtype and output.shape == query.shape
     torch.testing.assert_close(output.double(), expected, atol=atol, rtol=rtol)

@@ -148,7 +148,7 @@ def _decode(forward, model, masks, steps: int) -> tuple[torch.Tensor, torch.Tens
     cache = LeanKStaticCache(masks, model.config, max_cache_len=40 + steps)
     output = model(**inputs, past_key_values=cache)
     tokens, logits = [], []
-    for step in range(steps):
+    for _ in range(steps):
         token = output.logits[:, -1:].argmax(-1)
         tokens.append(token)
         output = forward(
@@ -178,7 +178,7 @@ def _filled_layer(mask: torch.Tensor, windows: Windows, dtype: torch.dtype, pads
     batch, (heads, dim) = len(pads), mask.shape
     layer = LeanKStaticLayer(mask, windows=windows, max_cache_len=160)
     layer.update(torch.randn(batch, heads, 50, dim, dtype=dtype), torch.randn(batch, heads, 50, dim, dtype=dtype))
-    layer.finish_prefill(torch.tensor(pads))
+    layer.prompt_attended(torch.tensor(pads))
     for _ in range(steps):
         states, _ = layer.update(
             torch.randn(batch, heads, 1, dim, dtype=dtype), torch.randn(batch, heads, 1, dim, dtype=dtype)

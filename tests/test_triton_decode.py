@@ -49,6 +49,7 @@ class Case:
     sink_size: int
     boundary: int
     kv: CompactKV
+    key_mask: torch.Tensor | None = None  # [B, >= length] bool: keys attended only where True
 
 
 def flushed(length: int, sink_size: int, recent_size: int, flush_size: int) -> int:
@@ -180,8 +181,9 @@ def make_case(
 
 def to_device(kv: CompactKV, device: str) -> CompactKV:
     fields = {name: getattr(kv, name) for name in kv.__dataclass_fields__}
-    for name in ("full_keys", "full_values", "mid_keys", "mid_values", "pad"):
-        fields[name] = fields[name].to(device)
+    for name in ("full_keys", "full_values", "mid_keys", "mid_values", "pad", "key_mask"):
+        if fields[name] is not None:
+            fields[name] = fields[name].to(device)
     fields["layout"] = kv.layout.to(device)
     return CompactKV(**fields)
 
@@ -198,6 +200,8 @@ def dense_reference(case: Case, scale: float) -> torch.Tensor:
     for b in range(batch):
         pad = int(case.pad[b])
         slots = torch.arange(pad, q_slot + 1)
+        if case.key_mask is not None:
+            slots = slots[case.key_mask[b, slots].cpu()]
         full = (slots - pad < case.sink_size) | (slots >= case.boundary)
         for hq in range(num_q_heads):
             h = hq // group
@@ -268,6 +272,41 @@ def test_short_and_heavily_padded_rows(length, pads, mid_past_boundary):
     )  # fmt: skip
     out = triton_decode.leank_decode_fwd(case.query, case.kv, 0.3, num_splits=2, block_n=16)
     assert_close(out, dense_reference(case, 0.3), 1e-5, 1e-5)
+
+
+def add_holes(case: Case, holes: dict[int, list[int]], extra: int = 3) -> Case:
+    """Mask global slots `holes[row]` with a key mask of `length + extra` slots; their stored keys and values turn NaN,
+    so a kernel that reads a masked key fails."""
+    kv, layout, sink = case.kv, case.kv.layout, case.sink_size
+    key_mask = torch.ones(len(case.pad), case.keys.shape[2] + extra, dtype=torch.bool)
+    for b, slots in holes.items():
+        pad = int(case.pad[b])
+        for g in slots:
+            key_mask[b, g] = False
+            if g - pad < sink:
+                kv.full_keys[b, :, g - pad] = kv.full_values[b, :, g - pad] = float("nan")
+            if kv.recent_start <= g < kv.recent_start + kv.num_recent:
+                kv.full_keys[b, :, sink + g - kv.recent_start] = float("nan")
+                kv.full_values[b, :, sink + g - kv.recent_start] = float("nan")
+            if 0 <= g - sink < kv.num_mid:
+                t = g - sink
+                kv.mid_values[b, :, t] = float("nan")
+                for h in range(layout.num_kv_heads):
+                    width, start = int(layout.widths[h]), kv.mid_cap * int(layout.offsets[h])
+                    kv.mid_keys[b, start + t * width : start + (t + 1) * width] = float("nan")
+    case.key_mask = key_mask
+    kv.key_mask = key_mask.to(kv.pad.device)
+    return case
+
+
+@pytest.mark.parametrize("dtype, atol, rtol", DTYPES)
+def test_key_mask_holes_are_never_read(dtype, atol, rtol):
+    """Masked slots that are not left padding (in a sink, the middle, the recent window) are skipped, not read."""
+    case = make_case(widths=[32, 0, 16], head_dim=32, group=2, length=70, pads=[0, 9], dtype=dtype, seed=13)
+    assert case.boundary == 40
+    case = add_holes(case, {0: [2, 20, 21, 22, 23, 24, 25, 66], 1: [12, *range(30, 38), 45, 46]})
+    out = triton_decode.leank_decode_fwd(case.query, case.kv, 0.3, num_splits=2, block_n=16)
+    assert_close(out, dense_reference(case, 0.3), atol, rtol)
 
 
 def llama_layer_masks(layers: tuple[int, ...]) -> list[torch.Tensor]:

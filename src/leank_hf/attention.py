@@ -56,11 +56,11 @@ def _leank_attention(backend: str) -> Callable[..., tuple[torch.Tensor, None]]:
             output = sdpa_attention_forward(
                 module, query, payload.keys, payload.values, prompt_mask, dropout=dropout, scaling=scaling, **kwargs
             )
-            payload.layer.finish_prefill(left_padding(attention_mask, query.shape[0]))
+            payload.layer.prompt_attended(left_padding(attention_mask, query.shape[0]))
             return output
         scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+        payload.key_mask = key_mask(attention_mask, query.shape[0])  # a fresh payload per update
         if isinstance(payload, StaticKV):
-            payload.key_mask = key_mask(attention_mask, query.shape[0])
             output = leank_static_decode_attention(query, payload, scale=scale, backend=backend)
         else:
             output = leank_decode_attention(query, payload, scale=scale, backend=backend)
@@ -88,8 +88,27 @@ def _check_supported(module: torch.nn.Module, dropout: float, kwargs: dict[str, 
         raise LeanKUsageError("LeanK attention runs in inference only: call `model.eval()` (attention dropout > 0)")
 
 
+def key_mask(attention_mask: torch.Tensor | None, batch_size: int) -> torch.Tensor | None:
+    """Which global key slots each row may attend, `[B, kv]` bool: the last query row of a 4D attention mask.
+
+    Args:
+        attention_mask (`torch.Tensor`, *optional*):
+            The `[B or 1, 1, q, kv]` mask of `sdpa_mask` (bool, True = attend) or an additive float mask.
+        batch_size (`int`):
+            Rows of the batch.
+
+    Returns:
+        `torch.Tensor` or `None`: `[batch_size, kv]` bool (a view where possible), or `None` when there is no mask.
+    """
+    if attention_mask is None:
+        return None
+    last = attention_mask[:, 0, -1]
+    allowed = last if last.dtype == torch.bool else last > torch.finfo(last.dtype).min
+    return allowed.expand(batch_size, -1)
+
+
 def left_padding(attention_mask: torch.Tensor | None, batch_size: int) -> torch.Tensor | None:
-    """Left-pad slots per row, `[B]`: leading masked keys of the last query row of a prefill's 4D mask.
+    """Left-pad slots per row, `[B]`: leading masked keys of the last query row of a prompt's 4D mask.
 
     Args:
         attention_mask (`torch.Tensor`, *optional*):
@@ -100,25 +119,8 @@ def left_padding(attention_mask: torch.Tensor | None, batch_size: int) -> torch.
     Returns:
         `torch.Tensor` or `None`: `[batch_size]` int64, or `None` when there is no mask (no padding).
     """
-    if attention_mask is None:
-        return None
-    if attention_mask.dtype == torch.bool:
-        allowed = attention_mask[:, 0, -1]
-    else:
-        allowed = attention_mask[:, 0, -1] > torch.finfo(attention_mask.dtype).min
-    return allowed.int().argmax(-1).expand(batch_size)
-
-
-def key_mask(attention_mask: torch.Tensor | None, batch_size: int) -> torch.Tensor | None:
-    """Which cached slots may be attended, `[B, kv]` bool: the last query row of a 4D mask (`None` without a mask).
-
-    The last row is causal-inclusive of every key, so a False there is a padded or masked position.
-    """
-    if attention_mask is None:
-        return None
-    last = attention_mask[:, 0, -1]
-    allowed = last if last.dtype == torch.bool else last > torch.finfo(last.dtype).min
-    return allowed.expand(batch_size, -1)
+    allowed = key_mask(attention_mask, batch_size)
+    return None if allowed is None else allowed.int().argmax(-1)
 
 
 def register_leank_attention() -> None:

@@ -32,6 +32,17 @@ _NOT_SWITCHED = (
     "this model's attention received the compact keys of a LeanKCache, which only the LeanK attention can read; "
     "call `leank_hf.apply_leank(model)` before generating with a LeanKCache"
 )
+_NOT_COMPILABLE = (
+    "the dynamic LeanKCache cannot be captured by torch.compile: its tensors change shape at every flush; run the "
+    "model without torch.compile, or use LeanKStaticCache, the compile-capable LeanK cache"
+)
+
+
+@torch.compiler.disable(reason=_NOT_COMPILABLE)
+def _refuse_compile() -> None:
+    """Raise the compile error. Dynamo does not trace it: with `fullgraph=True` it reports the reason above, without
+    it breaks the graph and runs this function, which raises."""
+    raise LeanKUsageError(_NOT_COMPILABLE)
 
 
 class LeanKStates:
@@ -70,7 +81,7 @@ for _name in _TENSOR_ATTRIBUTES:
 
 @dataclass
 class PrefillKV:
-    """The dense keys and values of a fresh layer's first forward: attended exactly, then compacted by `layer`."""
+    """The dense keys and values of a layer's prompt so far: attended exactly, compacted by `layer` later."""
 
     keys: torch.Tensor  # [B, H, P, D]
     values: torch.Tensor  # [B, H, P, D]
@@ -127,9 +138,12 @@ class MemoryFootprint:
 class LeanKLayer(CacheLayerMixin):
     """One full-attention layer of a `LeanKCache`.
 
-    The first `update` (the prompt) returns the dense keys for exact attention; the LeanK attention then calls
-    `finish_prefill` with each row's left-pad count, which compacts the prompt. Every later `update` returns a
-    `CompactKV` (wrapped in `LeanKStates`). Tensors live on the device and in the dtype of the first keys.
+    The prompt is the first `update` and every multi-token `update` that directly follows it (the chunks of
+    `generate(prefill_chunk_size=...)`): the layer keeps it dense and returns the dense keys for exact attention,
+    after which the LeanK attention calls `prompt_attended` with each row's left-pad count. The first single-token
+    `update`, or any `crop` (also `crop(0)`), batch reorder or selection, ends the prompt: the layer compacts it
+    (`finish_prefill`). Every later `update` returns a `CompactKV` (wrapped in `LeanKStates`). Tensors live on the
+    device and in the dtype of the first keys.
 
     Args:
         layer_mask (`torch.Tensor`):
@@ -163,7 +177,8 @@ class LeanKLayer(CacheLayerMixin):
         self.mid_cap = 0
         self.pad: torch.Tensor | None = None  # [B] left-pad slots per row, known after the prefill
         self._pad_bound = 0  # Python upper bound of `pad`, so sink writes need no device sync
-        self._pending: PrefillKV | None = None
+        self._prompt: PrefillKV | None = None  # the dense prompt, until it is compacted
+        self._pending = False  # the last prompt update has not been attended yet
 
     # ------------------------------------------------------------------ setup
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
@@ -196,45 +211,71 @@ class LeanKLayer(CacheLayerMixin):
     ) -> tuple[LeanKStates, LeanKStates]:
         """Append `[B, H, n, D]` keys and values; return them for attention, wrapped in `LeanKStates`.
 
-        A fresh layer returns the dense prompt (`PrefillKV`); later calls return the compact cache (`CompactKV`) with
-        one boundary per new query row.
+        During the prompt the dense prompt so far is returned (`PrefillKV`); later calls return the compact cache
+        (`CompactKV`) with one boundary per new query row.
         """
-        if self._pending is not None:
+        if torch.compiler.is_compiling():
+            _refuse_compile()
+        if self._pending:
             raise LeanKUsageError(
                 "a LeanKCache layer was updated twice without attention in between (its prompt was never attended); "
                 "call `cache.reset()` and run the model with `apply_leank(model)`"
             )
         if self.length == 0:
             self.lazy_initialization(key_states, value_states)
-            self.length = key_states.shape[2]
-            self._pending = PrefillKV(key_states, value_states, self)
-            states = LeanKStates(self._pending)
-            return states, states
+            return self._extend_prompt(key_states, value_states)
         if key_states.shape[0] != self.batch:
             raise LeanKUsageError(
                 f"a LeanKCache holding batch size {self.batch} got keys of batch size {key_states.shape[0]}; "
                 "use a fresh cache (or `cache.reset()`) for a new batch"
             )
+        if self._prompt is not None:
+            if key_states.shape[2] > 1:
+                return self._extend_prompt(key_states, value_states)
+            self._compact()
         states = LeanKStates(self._append(key_states, value_states))
         return states, states
 
-    def finish_prefill(self, pad: torch.Tensor | None) -> None:
-        """Compact the prompt after its exact attention. Called by the LeanK attention.
+    def _extend_prompt(self, keys: torch.Tensor, values: torch.Tensor) -> tuple[LeanKStates, LeanKStates]:
+        """Append a prompt update to the dense prompt; return all of it for exact attention."""
+        if self._prompt is not None:
+            keys = torch.cat([self._prompt.keys, keys], dim=2)
+            values = torch.cat([self._prompt.values, values], dim=2)
+        self.length = keys.shape[2]
+        self._prompt, self._pending = PrefillKV(keys, values, self), True
+        states = LeanKStates(self._prompt)
+        return states, states
+
+    def prompt_attended(self, pad: torch.Tensor | None) -> None:
+        """Record each row's left padding after the exact attention of a prompt update. Called by the LeanK attention.
 
         Args:
             pad (`torch.Tensor`, *optional*):
-                `[B]` left-pad slots per row (from the attention mask); `None` means no padding.
+                `[B]` left-pad slots per row (leading masked keys of the last query row); `None` means no padding.
         """
-        prompt, self._pending = self._pending, None
-        keys, values = prompt.keys, prompt.values
-        length = self.length
+        self._pending = False
         if pad is None:
             self.pad = torch.zeros(self.batch, dtype=torch.int64, device=self.device)
         else:
             self.pad = pad.to(device=self.device, dtype=torch.int64)
-            self._pad_bound = length - 1  # a row keeps at least its last token
+            self._pad_bound = self.length - 1  # a row keeps at least its last token
+
+    def finish_prefill(self, pad: torch.Tensor | None) -> None:
+        """Record `pad` (as `prompt_attended`) and compact the dense prompt now.
+
+        The layer compacts on its own when the prompt ends (see the class docstring); benchmarks and tests call this
+        to build a compact cache without running attention.
+        """
+        self.prompt_attended(pad)
+        self._compact()
+
+    def _compact(self) -> None:
+        """Store the dense prompt in the sink, middle and recent regions, and drop it."""
+        prompt, self._prompt = self._prompt, None
+        keys, values = prompt.keys, prompt.values
+        length = self.length
         # The window starts where the decode step after `length - flush_size` tokens would put it, so removing up to
-        # `flush_size` prompt tokens (rejected candidates of assisted decoding) can still be undone by `crop`.
+        # `flush_size` prompt tokens can still be undone by `crop`.
         self.recent_start = start = self._flushed(max(0, length - self.flush_size) + 1)
         self._ensure_full_capacity(self.sink_size + max(0, length - start), keep=0)
         self._write_sinks(keys, values, first_slot=0)
@@ -393,20 +434,29 @@ class LeanKLayer(CacheLayerMixin):
     def crop(self, tokens_to_remove: int) -> None:
         """Remove the last `-tokens_to_remove` tokens (a negative count, as in transformers).
 
-        Tokens are removable while the tokens that come back into the recent window are still held in full: always
-        the tokens of the last update (of the prompt: its last `flush_size`), older ones only until the next flush.
+        A crop of a dense prompt (`crop(0)` too, which transformers' assisted decoding calls after each verification)
+        cuts any number of its tokens and ends the prompt (compacts it). After that, tokens are removable while the
+        tokens that come back into the recent window are still held in full: always the tokens of the last update (of
+        the prompt: its last `flush_size`), older ones only until the next flush.
         """
         if tokens_to_remove > 0:
             raise ValueError(
                 f"Calling `crop` with a positive value (`{tokens_to_remove}`) is not supported. "
                 "Please use a negative integer to remove that number of tokens from the cache instead."
             )
-        if tokens_to_remove == 0 or self.length == 0:
+        if self.length == 0:
             return
         self._check_no_pending("crop")
         length = self.length + tokens_to_remove
         if length <= 0:
             self.reset()
+            return
+        if self._prompt is not None:  # a crop ends the prompt: cut the dense tokens, then compact
+            self._prompt = PrefillKV(self._prompt.keys[:, :, :length], self._prompt.values[:, :, :length], self)
+            self.length = length
+            self._compact()
+            return
+        if tokens_to_remove == 0:
             return
         if self._flushed(length + 1) < self.recent_start:
             removable = self.length - (self.recent_start + self.recent_size - 1)
@@ -434,12 +484,14 @@ class LeanKLayer(CacheLayerMixin):
         if self.length == 0:
             return
         self._check_no_pending("change the batch of")
+        if self._prompt is not None:
+            self._compact()
         for name in ("full_keys", "full_values", "mid_keys", "mid_values", "pad"):
             setattr(self, name, function(getattr(self, name)))
         self.batch = self.pad.shape[0]
 
     def _check_no_pending(self, action: str) -> None:
-        if self._pending is not None:
+        if self._pending:
             raise LeanKUsageError(f"cannot {action} a LeanKCache layer whose prompt has not been attended yet")
 
     def offload(self) -> None:
@@ -454,8 +506,17 @@ class LeanKLayer(CacheLayerMixin):
     # ---------------------------------------------------------------- memory
     def memory_footprint(self) -> MemoryFootprint:
         """Bytes per region held by this layer, next to what a `DynamicLayer` holds for the same tokens."""
-        if self.length == 0 or self._pending is not None:
+        if self.length == 0:
             return MemoryFootprint()
+        if self._prompt is not None:  # a dense prompt: all in the full region, as a DynamicLayer holds it
+            keys, values = self._prompt.keys.nbytes, self._prompt.values.nbytes
+            return MemoryFootprint(
+                {
+                    **MemoryFootprint().regions,
+                    "keys/full": RegionBytes(keys, keys, keys),
+                    "values/full": RegionBytes(values, values, values),
+                }
+            )
         layout, item = self.layout, self.full_keys.element_size()
         dense_token = self.batch * layout.num_kv_heads * layout.head_dim * item  # one token's K (or V), all heads
         full_slots = min(self.sink_size, self.length) + self.num_recent

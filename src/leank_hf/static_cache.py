@@ -89,7 +89,18 @@ class LeanKStaticLayer(CacheLayerMixin):
         self.is_initialized = True
 
     def _static_tensors(self) -> tuple[torch.Tensor, ...]:
+        """Every tensor a decode step reads: fixed addresses, so CUDA graphs replay without copying inputs."""
+        layout = self.layout
         return (
+            layout.widths,
+            layout.channels,
+            layout.offsets,
+            layout.value_slots,
+            layout.storage_order,
+            layout.gather_index,
+            self._mid_key_base,
+            self._mid_key_step,
+            self._value_heads,
             self.full_keys,
             self.full_values,
             self.mid_keys,
@@ -105,7 +116,7 @@ class LeanKStaticLayer(CacheLayerMixin):
     ) -> tuple[LeanKStates, LeanKStates]:
         """Store `[B, H, n, D]` keys and values; return what the LeanK attention reads, wrapped in `LeanKStates`.
 
-        The prompt comes back dense (exact attention, then `finish_prefill`); a decode step as `StaticKV` (device
+        The prompt comes back dense (exact attention, then `prompt_attended`); a decode step as `StaticKV` (device
         scalars only); a multi-token update after decoding started as a `CompactKV` for the PyTorch path.
         """
         if self._pending is not None:
@@ -131,7 +142,7 @@ class LeanKStaticLayer(CacheLayerMixin):
         states = LeanKStates(payload)
         return states, states
 
-    def finish_prefill(self, pad: torch.Tensor | None) -> None:
+    def prompt_attended(self, pad: torch.Tensor | None) -> None:
         """Store the prompt after its exact attention (called by the LeanK attention with each row's left pads)."""
         prompt, self._pending = self._pending, None
         if pad is not None:
@@ -252,8 +263,9 @@ class LeanKStaticLayer(CacheLayerMixin):
     def reset(self) -> None:
         """Forget every token (buffers are kept, so compiled graphs stay valid); the next update is a prompt."""
         if self.is_initialized:
-            for tensor in self._static_tensors():
+            for tensor in (self.full_keys, self.full_values, self.mid_keys, self.mid_values, self.pad, self.counters):
                 tensor.zero_()
+            self.cumulative_length.zero_()
         self._pending = None
         self._decoding = False
 

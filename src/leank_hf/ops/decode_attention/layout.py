@@ -131,6 +131,10 @@ class CompactKV:
     - middle index `t < num_mid` (global slot `sink_size + t`) is valid iff `t >= pad[b]` and
       `sink_size + t < boundaries[i]`, and uses only the kept channels; heads of width 0 have no middle keys.
 
+    On top of these rules, where `key_mask` is given (the attention mask's last query row), a key at global slot `g`
+    of row `b` is read only if `key_mask[b, g]`: masked positions that are not left padding (a masked span, the pads
+    of a batched follow-up turn) are never attended.
+
     For a decode step (one query row) `boundaries == (recent_start,)`.
     """
 
@@ -147,6 +151,7 @@ class CompactKV:
     pad: torch.Tensor  # [B] int64
     query_start: int
     boundaries: tuple[int, ...]
+    key_mask: torch.Tensor | None = None  # [B, L] bool over global slots (L >= query_start + n); None: all readable
 
     def mid_key_group(self, group: WidthGroup) -> torch.Tensor:
         """The `[B, count, num_mid, width]` view of one width group's middle keys (no copy)."""

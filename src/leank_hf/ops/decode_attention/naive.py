@@ -96,7 +96,7 @@ def attend_compact(
     num_full = full_keys.shape[2]
     scores = q @ full_keys.float().transpose(-1, -2)
     scores = scores.view(batch, num_heads, -1, num_rows, num_full).masked_fill(~full_valid, float("-inf"))
-    row_max = scores.amax(-1, keepdim=True)  # finite: each query row sees its own key in the recent window
+    row_max = scores.amax(-1, keepdim=True)  # -inf only for a row whose every key is masked (a hole in a chunk)
 
     # Pass 1: middle scores per width group, and the running max over both regions.
     middle = []
@@ -114,7 +114,9 @@ def attend_compact(
             row_max = row_max.index_copy(1, heads, group_max)
             middle.append((group, heads, group_scores))
 
-    # Pass 2: exponentials against the shared max, summed and applied to the values of each region.
+    # Pass 2: exponentials against the shared max, summed and applied to the values of each region. A row without
+    # any readable key gets zeros, not NaN (its NaN would reach the values other rows read with weight 0).
+    row_max = row_max.clamp(min=torch.finfo(torch.float32).min)
     probs = torch.exp(scores - row_max)
     denominator = probs.sum(-1)
     output = probs.view(batch, num_heads, rows, num_full) @ full_values.float()
@@ -124,7 +126,7 @@ def attend_compact(
         values = mid_values[:, group.first : group.first + group.count].float()
         output = output.index_add(1, heads, group_probs.view(batch, group.count, rows, num_mid) @ values)
 
-    output = output / denominator.view(batch, num_heads, rows, 1)
+    output = output / denominator.clamp(min=torch.finfo(torch.float32).tiny).view(batch, num_heads, rows, 1)
     return output.view(batch, num_query_heads, num_rows, head_dim).to(query.dtype)
 
 
@@ -169,4 +171,10 @@ def _validity(kv: CompactKV, num_rows: int, device: torch.device) -> tuple[torch
 
     middle = torch.arange(kv.num_mid, device=device)
     mid_valid = (middle >= pad) & (middle + kv.sink_size < boundary)
+    if kv.key_mask is not None:  # masked positions (holes) anywhere in a row, by global slot
+        key_mask = kv.key_mask[:, None]  # [B, 1, L]
+        sink_index = sink_slots.clamp(max=key_mask.shape[-1] - 1)  # slots past the sequence are invalid already
+        stop = kv.recent_start + kv.num_recent
+        full_valid = full_valid & torch.cat([key_mask.gather(2, sink_index), key_mask[..., kv.recent_start : stop]], -1)
+        mid_valid = mid_valid & key_mask[..., kv.sink_size : kv.sink_size + kv.num_mid]
     return full_valid[:, None, None], mid_valid.expand(-1, num_rows, -1)[:, None, None]

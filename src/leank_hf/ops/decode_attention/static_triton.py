@@ -89,9 +89,9 @@ def _leank_static_decode_kernel(
             for i_w in tl.static_range(1, HEAD_DIM // 16 + 1):
                 if width == i_w * 16:
                     m_i, l_i, acc = _attend_middle(
-                        m_i, l_i, acc, p_q, p_channels, m_g, p_k, p_v, stride_mvt, t_start, t_stop, scale_log2,
-                        KEY_MASK + i_b * stride_maskb + SINK, i_w * 16, BLOCK_G, BLOCK_N, BLOCK_D, HEAD_DIM, UPCAST,
-                        DOT_PRECISION, HAS_KEY_MASK,
+                        m_i, l_i, acc, p_q, p_channels, m_g, p_k, p_v, stride_mvt,
+                        KEY_MASK + i_b * stride_maskb + SINK, t_start, t_stop, scale_log2, i_w * 16, BLOCK_G, BLOCK_N,
+                        BLOCK_D, HEAD_DIM, UPCAST, DOT_PRECISION, HAS_KEY_MASK,
                     )  # fmt: skip
 
     has_keys = l_i > 0

@@ -86,10 +86,10 @@ def _attend_middle(
     p_k,
     p_v,
     stride_vt,
+    p_key_mask,
     t_start,
     t_stop,
     scale_log2,
-    p_mask,
     W: tl.constexpr,
     BLOCK_G: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -97,9 +97,8 @@ def _attend_middle(
     HEAD_DIM: tl.constexpr,
     UPCAST: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
-    HAS_MASK: tl.constexpr,
+    HAS_KEY_MASK: tl.constexpr,
 ):
-    # With HAS_MASK, middle index t is read only where the byte at p_mask + t is non-zero.
     # A width W (multiple of 16) is read as power-of-two column parts, e.g. 96 = 64 + 32, each fully vectorised.
     P256: tl.constexpr = W & 256
     P128: tl.constexpr = W & 128
@@ -128,8 +127,8 @@ def _attend_middle(
     p_v_tile = p_v + t_start.to(tl.int64) * stride_vt
     for start in range(t_start, t_stop, BLOCK_N):
         valid = start + o_n < t_stop
-        if HAS_MASK:
-            valid = valid & (tl.load(p_mask + start + o_n, mask=valid, other=0) != 0)
+        if HAS_KEY_MASK:  # mask bytes of this tile's global slots (p_key_mask points at middle index 0)
+            valid &= tl.load(p_key_mask + start + o_n, mask=valid, other=0) != 0
         scores = tl.zeros([BLOCK_G, BLOCK_N], dtype=tl.float32)
         if P256:
             scores = _middle_part_scores(scores, q256, p_k_tile, o_n, valid, W, 0, 256, UPCAST, DOT_PRECISION)
@@ -199,22 +198,25 @@ def _merge_parts(
     ]
 )
 def _leank_decode_kernel(
-    Q, FULL_K, FULL_V, MID_K, MID_V, PAD, WIDTHS, CHANNELS, OFFSETS, VALUE_SLOTS, STORAGE_ORDER,
+    Q, FULL_K, FULL_V, MID_K, MID_V, PAD, KEY_MASK, WIDTHS, CHANNELS, OFFSETS, VALUE_SLOTS, STORAGE_ORDER,
     O_PART, LSE_PART, COUNTERS, OUT,
     stride_qb, stride_qh,
     stride_fkb, stride_fkh, stride_fkt,
     stride_fvb, stride_fvh, stride_fvt,
     stride_mkb,
     stride_mvb, stride_mvh, stride_mvt,
+    stride_kmb,
     scale_log2,
     sink_size, num_full, recent_start, query_pos, boundary, mid_cap, num_mid, split_len, num_parts,
     G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     G_POW: tl.constexpr, MERGE_S: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    HAS_KEY_MASK: tl.constexpr,
 ):  # fmt: skip
     i_split = tl.program_id(0)
     i_b = tl.program_id(1).to(tl.int64)
     i_h = tl.load(STORAGE_ORDER + tl.program_id(2))
     pad = tl.load(PAD + i_b)
+    p_key_mask = KEY_MASK + i_b * stride_kmb  # this row's mask bytes by global slot (unused without a mask)
     o_g = tl.arange(0, BLOCK_G)
     m_g = o_g < G
     o_n = tl.arange(0, BLOCK_N)
@@ -238,6 +240,8 @@ def _leank_decode_kernel(
             is_sink = o_s < sink_size
             g = tl.where(is_sink, pad + o_s, recent_start + o_s - sink_size)
             valid = (g <= query_pos) & tl.where(is_sink, g < boundary, (o_s < num_full) & (g >= boundary) & (g >= pad))
+            if HAS_KEY_MASK:
+                valid &= tl.load(p_key_mask + g, mask=valid, other=0) != 0
             mask = valid[:, None] & m_d[None, :]
             k = tl.load(p_k + o_s[:, None] * stride_fkt + o_d[None, :], mask=mask, other=0.0)
             v = tl.load(p_v + o_s[:, None] * stride_fvt + o_d[None, :], mask=mask, other=0.0)
@@ -269,10 +273,10 @@ def _leank_decode_kernel(
                         p_k,
                         p_v,
                         stride_mvt,
+                        p_key_mask + sink_size,
                         t_start,
                         t_stop,
                         scale_log2,
-                        p_k,
                         i_w * 16,
                         BLOCK_G,
                         BLOCK_N,
@@ -280,7 +284,7 @@ def _leank_decode_kernel(
                         HEAD_DIM,
                         UPCAST,
                         DOT_PRECISION,
-                        False,
+                        HAS_KEY_MASK,
                     )
 
     # Normalised partial output and its log2-sum-exp; -inf (and zeros) where no key was valid.
@@ -385,6 +389,19 @@ def _check_inputs(query: torch.Tensor, kv: CompactKV) -> None:
             raise LeanKUsageError(f"`{name}` must be contiguous in its last dimension")
     if query.stride(-1) != 1:
         raise LeanKUsageError("`query` must be contiguous in its last dimension")
+    key_mask = kv.key_mask
+    if key_mask is not None and (
+        key_mask.device != query.device
+        or key_mask.dtype != torch.bool
+        or key_mask.dim() != 2
+        or key_mask.shape[0] != batch
+        or key_mask.shape[1] <= kv.query_start
+        or key_mask.stride(-1) != 1
+    ):
+        raise LeanKUsageError(
+            f"`key_mask` must be a bool [B, L > query_start] tensor on {query.device}, contiguous in its last "
+            f"dimension; got {key_mask.dtype} {tuple(key_mask.shape)} on {key_mask.device}"
+        )
     if tuple(kv.full_keys.shape[:2]) != (batch, num_kv_heads) or kv.mid_keys.shape[0] != batch:
         raise LeanKUsageError(
             f"cache tensors do not match the query batch {batch} and {num_kv_heads} KV heads: full_keys "
@@ -433,8 +450,10 @@ def leank_decode_fwd(
     block_d = triton.next_power_of_2(head_dim)
     group_pow = triton.next_power_of_2(group)
     mid_values = kv.mid_values
+    # Bytes of the bool mask; without one, any pointer (never read: HAS_KEY_MASK is False).
+    key_mask = kv.pad if kv.key_mask is None else kv.key_mask.view(torch.uint8)
     _leank_decode_kernel[(num_parts, batch, num_kv_heads)](
-        query, kv.full_keys, kv.full_values, kv.mid_keys, mid_values, kv.pad,
+        query, kv.full_keys, kv.full_values, kv.mid_keys, mid_values, kv.pad, key_mask,
         layout.widths, layout.channels, layout.offsets, layout.value_slots, layout.storage_order,
         partial_out, partial_lse, _counters(query.device, batch * num_kv_heads), out,
         query.stride(0), query.stride(1),
@@ -442,12 +461,14 @@ def leank_decode_fwd(
         kv.full_values.stride(0), kv.full_values.stride(1), kv.full_values.stride(2),
         kv.mid_keys.stride(0),
         mid_values.stride(0), mid_values.stride(1), mid_values.stride(2),
+        key_mask.stride(0),
         scale * _LOG2E,
         kv.sink_size, kv.sink_size + kv.num_recent, kv.recent_start, kv.query_start, kv.boundaries[0],
         kv.mid_cap, kv.num_mid, split_len, num_parts,
         G=group, HEAD_DIM=head_dim, BLOCK_G=max(16, group_pow), BLOCK_N=block_n, BLOCK_D=block_d,
         G_POW=group_pow, MERGE_S=max(1, 8192 // (group_pow * block_d)), UPCAST=_INTERPRETED,
-        DOT_PRECISION="ieee" if query.dtype == torch.float32 else "tf32", num_warps=num_warps, num_stages=num_stages,
+        DOT_PRECISION="ieee" if query.dtype == torch.float32 else "tf32", HAS_KEY_MASK=kv.key_mask is not None,
+        num_warps=num_warps, num_stages=num_stages,
     )  # fmt: skip
     return out
 
