@@ -95,8 +95,9 @@ def test_push_uploads_the_folder(tmp_path, capsys, hub):
 
 
 def test_push_of_a_missing_folder_fails_cleanly(tmp_path, capsys, hub):
-    assert main(["push", str(tmp_path / "nothing"), "org/x"]) == 2
-    assert "no folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        main(["push", str(tmp_path / "nothing"), "org/x"])
+    assert exit_.value.code == 2 and "no folder" in capsys.readouterr().err
     assert hub.calls() == []
 
 

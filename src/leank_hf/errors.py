@@ -11,3 +11,7 @@ class MaskError(LeanKError, ValueError):
 
 class LeanKUsageError(LeanKError, RuntimeError):
     """LeanK pieces combined in a way that cannot work (e.g. a `LeanKCache` without the LeanK attention)."""
+
+
+class HubError(LeanKError, OSError):
+    """The Hugging Face Hub could not be reached or refused a request (offline mode, no network, token, repo id)."""

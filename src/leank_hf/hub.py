@@ -21,11 +21,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+try:
+    import httpx2 as http  # the HTTP client of huggingface_hub >= 2
+except ImportError:  # huggingface_hub 1.x uses httpx, whose exception classes are the same
+    import httpx as http
 from huggingface_hub import CommitInfo, HfApi, ModelCard, ModelCardData, constants, hf_hub_download
 from huggingface_hub.errors import (
     EntryNotFoundError,
+    HfHubHTTPError,
     HFValidationError,
     LocalEntryNotFoundError,
+    OfflineModeIsEnabled,
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
@@ -33,7 +40,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .constants import CONFIG_NAME, LIBRARY_NAME, MASK_FORMAT_VERSION, MASKS_NAME, MODEL_CARD_NAME
-from .errors import MaskError
+from .errors import HubError, MaskError
 from .masks import LeanKMasks
 
 MASK_TENSOR_NAME = "mask"
@@ -233,15 +240,39 @@ def _download(repo_id: str, filename: str, where: str, options: dict[str, Any]) 
     except RevisionNotFoundError as error:
         raise MaskError(f"{where}: the revision does not exist") from error
     except LocalEntryNotFoundError as error:
+        if not options["local_files_only"]:  # the Hub was allowed but did not answer
+            raise _hub_error(where, error.__cause__ or error) from error
+        reason = "offline mode is on (HF_HUB_OFFLINE=1)" if constants.HF_HUB_OFFLINE else "local_files_only=True"
         raise MaskError(
-            f"{where}: {filename} is not in the local Hugging Face cache and the Hub may not be contacted "
-            "(HF_HUB_OFFLINE=1 or local_files_only=True); download it once online or load a local folder"
+            f"{where}: {filename} is not in the local Hugging Face cache and {reason} forbids downloading it; "
+            "download it once online or load a local folder"
         ) from error
     except EntryNotFoundError as error:
         raise MaskError(
             f"{where} has no {filename}: it is not a LeanK mask repo (masks stored next to a model's weights need "
             "`subfolder=`)"
         ) from error
+    except (HfHubHTTPError, http.TransportError) as error:
+        raise _hub_error(where, error) from error
+
+
+def _hub_error(where: str, error: BaseException) -> HubError:
+    """A one-line `HubError` for a failed Hub request: offline mode, no network, refused token, other HTTP error."""
+    first_line = next(iter(str(error).splitlines()), "")
+    if isinstance(error, OfflineModeIsEnabled):
+        return HubError(f"{where}: offline mode is on (HF_HUB_OFFLINE=1); unset HF_HUB_OFFLINE to reach the Hub")
+    if isinstance(error, HfHubHTTPError):
+        status = error.response.status_code
+        if status in (401, 403):
+            return HubError(
+                f"{where}: the Hub refused the request (HTTP {status}); log in with `hf auth login` or pass a token "
+                "(`--token` / `token=`) with access to the repo"
+            )
+        return HubError(f"{where}: the Hub answered HTTP {status} ({first_line}); try again later")
+    return HubError(
+        f"{where}: could not reach the Hub (no network? {type(error).__name__}: {first_line}); check the connection "
+        "or proxy, or use a local folder"
+    )
 
 
 def _read_files(config_path: Path, masks_path: Path, where: str) -> LeanKMasks:
@@ -324,15 +355,20 @@ def push_masks_to_hub(
     from . import __version__
 
     api = HfApi(token=token, library_name=LIBRARY_NAME, library_version=__version__)
-    repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
-    if revision is not None:
-        api.create_branch(repo_id, branch=revision, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        save_masks(masks, tmp, card_name=repo_id, subfolder=subfolder)
-        return api.upload_folder(
-            repo_id=repo_id,
-            folder_path=tmp,
-            path_in_repo=subfolder,
-            commit_message=commit_message or f"Upload LeanK mask for {masks.base_model or 'a model'}",
-            revision=revision,
-        )
+    try:
+        repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+        if revision is not None:
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            save_masks(masks, tmp, card_name=repo_id, subfolder=subfolder)
+            return api.upload_folder(
+                repo_id=repo_id,
+                folder_path=tmp,
+                path_in_repo=subfolder,
+                commit_message=commit_message or f"Upload LeanK mask for {masks.base_model or 'a model'}",
+                revision=revision,
+            )
+    except HFValidationError as error:
+        raise HubError(f"{repo_id!r} is not a valid Hub repo id ({error}); use user/name") from error
+    except (OfflineModeIsEnabled, HfHubHTTPError, http.TransportError) as error:
+        raise _hub_error(f"pushing to {repo_id!r}", error) from error

@@ -46,9 +46,10 @@ def load_minference_mask(
         raise MaskError("`base_model` must name the Hub id of the model the mask was trained for")
     try:
         tensor = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
+    except (pickle.UnpicklingError, RuntimeError, EOFError, KeyError, ValueError) as error:
+        detail = " ".join(f"{type(error).__name__}: {error}".split())[:120]  # one line: unpickler errors span many
         raise MaskError(
-            f"{str(path)!r} is not a tensor file that torch.load(weights_only=True) can read ({error}); "
+            f"{str(path)!r} is not a tensor file that torch.load(weights_only=True) can read ({detail}); "
             "expected a MInference LeanK mask (.pth of one float 0/1 tensor [layers, KV heads, head_dim])"
         ) from error
     if not isinstance(tensor, torch.Tensor):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from .constants import CONFIG_NAME
 from .errors import LeanKUsageError
 
 logger = logging.getLogger(__name__)
@@ -98,10 +99,15 @@ def load_model(name: str, dtype: torch.dtype = torch.float32, device: str | torc
 
     Raises:
         `LeanKUsageError`: naming the model when transformers cannot load it (missing folder, unknown or unreachable
-            Hub id).
+            Hub id) or when `name` is a mask folder.
     """
     if name == "embedded":
         return load_embedded_model(dtype=dtype, device=device)
+    if (Path(name) / CONFIG_NAME).is_file() and not (Path(name) / "config.json").is_file():
+        raise LeanKUsageError(
+            f"{name!r} is a LeanK mask folder, not a model; pass it as the mask (`--mask` / `--masks`) and a model "
+            "folder, Hub id or 'embedded' as the model"
+        )
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:

@@ -14,20 +14,17 @@ import sys
 import torch
 
 from ..benchmarks import RESULTS_DIR, BenchmarkResult
-
-
-def _sizes(text: str) -> list[int]:
-    """`"8k,16384"` -> `[8192, 16384]`."""
-    sizes = []
-    for item in text.split(","):
-        item = item.strip().lower()
-        sizes.append(int(item[:-1]) * 1024 if item.endswith("k") else int(item))
-    return sizes
+from . import arguments as arg
 
 
 def add_output_options(parser: argparse.ArgumentParser) -> None:
     """`--output-dir` and `--no-save`, and `run_and_save` as the command."""
-    parser.add_argument("--output-dir", default=str(RESULTS_DIR), help="where to save results (default: %(default)s)")
+    parser.add_argument(
+        "--output-dir",
+        type=arg.output_dir,
+        default=str(RESULTS_DIR),
+        help="where to save results (default: %(default)s)",
+    )
     parser.add_argument("--no-save", action="store_true", help="print the table only")
     parser.set_defaults(func=run_and_save)
 
@@ -42,7 +39,7 @@ def add_memory(benchmarks: argparse._SubParsersAction) -> None:
         "at real models' attention shapes, per region.",
     )
     parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
-    parser.add_argument("--tokens", type=_sizes, default=list(DEFAULT_TOKENS), help="e.g. 8k,32k,128k")
+    parser.add_argument("--tokens", type=arg.sizes, default=list(DEFAULT_TOKENS), help="e.g. 8k,32k,128k")
     parser.add_argument(
         "--device",
         choices=["meta", "cpu", "cuda"],
@@ -62,12 +59,14 @@ def add_decode(benchmarks: argparse._SubParsersAction) -> None:
         description="Decode-step time of LeanK (PyTorch path) and DynamicCache + sdpa at several context lengths.",
     )
     parser.add_argument("--device", choices=["cpu"], default="cpu", help="only cpu here (GPU: `bench kernel`)")
-    parser.add_argument("--contexts", type=_sizes, default=list(DEFAULT_CONTEXTS), help="e.g. 1k,8k")
-    parser.add_argument("--layers", type=int, default=4, help="decoder layers of the random model")
-    parser.add_argument("--steps", type=int, default=64, help="measured decode steps per point")
-    parser.add_argument("--warmup", type=int, default=4)
+    parser.add_argument("--contexts", type=arg.sizes, default=list(DEFAULT_CONTEXTS), help="e.g. 1k,8k")
+    parser.add_argument("--layers", type=arg.positive_int, default=4, help="decoder layers of the random model")
+    parser.add_argument("--steps", type=arg.positive_int, default=64, help="measured decode steps per point")
+    parser.add_argument("--warmup", type=arg.non_negative_int, default=4)
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument(
+        "--threads", type=arg.positive_int, default=None, help="torch threads (default: torch's choice)"
+    )
     add_output_options(parser)
     parser.set_defaults(
         run=lambda args: run_decode_benchmark(
@@ -85,10 +84,10 @@ def add_kernel(benchmarks: argparse._SubParsersAction) -> None:
         description="One decode-attention step per layer of the Llama-3.1-8B mask against dense SDPA (flash backend) "
         "and flash_attn_with_kvcache if installed: time, bandwidth, speedup and the bytes-limit speedup. Needs CUDA.",
     )
-    parser.add_argument("--contexts", type=_sizes, default=list(DEFAULT_CONTEXTS), help="e.g. 8k,32k,128k")
-    parser.add_argument("--batches", type=_sizes, default=list(DEFAULT_BATCHES), help="e.g. 1,8,32")
-    parser.add_argument("--layers", type=_sizes, default=None, help="mask layers to time (default: all)")
-    parser.add_argument("--rep-ms", type=int, default=40, help="milliseconds of repetitions per timing")
+    parser.add_argument("--contexts", type=arg.sizes, default=list(DEFAULT_CONTEXTS), help="e.g. 8k,32k,128k")
+    parser.add_argument("--batches", type=arg.sizes, default=list(DEFAULT_BATCHES), help="e.g. 1,8,32")
+    parser.add_argument("--layers", type=arg.indices, default=None, help="mask layers to time (default: all)")
+    parser.add_argument("--rep-ms", type=arg.positive_int, default=40, help="milliseconds of repetitions per timing")
     add_output_options(parser)
     parser.set_defaults(
         run=lambda args: run_kernel_benchmark(args.contexts, args.batches, layers=args.layers, rep_ms=args.rep_ms)
@@ -104,19 +103,23 @@ def add_generate(benchmarks: argparse._SubParsersAction) -> None:
         description="generate() of a random-weight model with Llama-3.1-8B's shapes: decode tokens/s and peak memory "
         "per batch size, and the largest batch each method fits. Needs CUDA.",
     )
-    parser.add_argument("--contexts", type=_sizes, default=[32768], help="prompt tokens, e.g. 8k,32k,128k")
-    parser.add_argument("--new-tokens", type=int, default=256)
-    parser.add_argument("--batches", type=_sizes, default=[1, 8], help="e.g. 1,8")
-    parser.add_argument("--intermediate-size", type=int, default=14336, help="MLP width (Llama-3.1-8B: 14336)")
-    parser.add_argument("--vocab-size", type=int, default=32000)
-    parser.add_argument("--num-layers", type=int, default=32)
-    parser.add_argument("--methods", default=",".join(METHODS), help=f"comma list of {', '.join(METHODS)}")
+    parser.add_argument("--contexts", type=arg.sizes, default=[32768], help="prompt tokens, e.g. 8k,32k,128k")
+    parser.add_argument("--new-tokens", type=arg.positive_int, default=256)
+    parser.add_argument("--batches", type=arg.sizes, default=[1, 8], help="e.g. 1,8")
+    parser.add_argument(
+        "--intermediate-size", type=arg.positive_int, default=14336, help="MLP width (Llama-3.1-8B: 14336)"
+    )
+    parser.add_argument("--vocab-size", type=arg.positive_int, default=32000)
+    parser.add_argument("--num-layers", type=arg.positive_int, default=32)
+    parser.add_argument(
+        "--methods", type=arg.names(METHODS), default=list(METHODS), help=f"comma list of {', '.join(METHODS)}"
+    )
     parser.add_argument("--no-max-batch", action="store_true", help="skip the largest-batch search")
     add_output_options(parser)
     parser.set_defaults(
         run=lambda args: run_generate_benchmark(
             contexts=tuple(args.contexts),
-            methods=tuple(args.methods.split(",")),
+            methods=tuple(args.methods),
             new_tokens=args.new_tokens,
             batches=tuple(args.batches),
             intermediate_size=args.intermediate_size,

@@ -6,12 +6,14 @@ import argparse
 
 import torch
 
+from . import arguments as arg
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("demo", help="full model vs LeanK on a long-context retrieval prompt")
     parser.add_argument("--model", default="embedded", help="model folder, or 'embedded' (SmolLM2-135M-Instruct)")
     parser.add_argument("--masks", default=None, help="mask folder, Hub repo or bundled id (default: the model's)")
-    parser.add_argument("--length", type=int, default=2048, help="prompt length in tokens (default 2048)")
+    parser.add_argument("--length", type=arg.positive_int, default=2048, help="prompt length in tokens (default 2048)")
     parser.add_argument("--seed", type=int, default=7, help="seed of the synthetic prompt")
     parser.set_defaults(func=run)
 

@@ -10,10 +10,13 @@ from pathlib import Path
 
 import torch
 
+from . import arguments as arg
 from .train import DTYPES
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from ..evaluation import BASELINES, EVAL_TASKS
+
     parser = subparsers.add_parser(
         "eval",
         help="retrieval accuracy: full model vs LeanK mask vs baselines",
@@ -24,26 +27,40 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--mask", help="LeanK mask: folder, Hub id or bundled name (default: the model's bundled one)")
     parser.add_argument(
         "--baselines",
+        type=arg.names(BASELINES, allow_none=True),
         default="random,key_norm,rope_low_freq",
         help="comma-separated baselines, or 'none' (%(default)s)",
     )
-    parser.add_argument("--tasks", default="multikey", help="comma-separated: multikey, multivalue (%(default)s)")
-    parser.add_argument("--lengths", default="1024,2048,3072,4096", help="prompt lengths in tokens (%(default)s)")
-    parser.add_argument("--samples", type=int, default=4, help="contexts per task and length (%(default)s)")
+    parser.add_argument(
+        "--tasks",
+        type=arg.names(EVAL_TASKS),
+        default="multikey",
+        help="comma-separated: multikey, multivalue (%(default)s)",
+    )
+    parser.add_argument(
+        "--lengths", type=arg.sizes, default="1024,2048,3072,4096", help="prompt lengths in tokens (%(default)s)"
+    )
+    parser.add_argument(
+        "--samples", type=arg.positive_int, default=4, help="contexts per task and length (%(default)s)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="evaluation seed, held out from training (%(default)s)")
     parser.add_argument("--judge-all", action="store_true", help="also decode masks where the full model fails")
     parser.add_argument(
         "--verify-deployed",
-        type=int,
+        type=arg.non_negative_int,
         default=0,
         metavar="N",
         help="re-decode N questions with the real LeanKCache and compare the replies",
     )
-    parser.add_argument("--output", help="write the JSON report here")
-    parser.add_argument("--plot", metavar="PNG", help="save a plot of accuracy per length (needs matplotlib)")
+    parser.add_argument("--output", type=arg.output_file, help="write the JSON report here")
+    parser.add_argument(
+        "--plot", type=arg.plot_file, metavar="PNG", help="save a plot of accuracy per length (needs matplotlib)"
+    )
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="model dtype (%(default)s)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="model device")
-    parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument(
+        "--device", type=arg.device, default="cuda" if torch.cuda.is_available() else "cpu", help="model device"
+    )
+    parser.add_argument("--threads", type=arg.positive_int, help="torch CPU threads")
     parser.set_defaults(func=_evaluate)
 
 
@@ -64,14 +81,13 @@ def _evaluate(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     model, tokenizer = load_model(args.model, DTYPES[args.dtype], args.device)
     leank = _load_mask(args.mask, model)
-    names = [] if args.baselines == "none" else [n.strip() for n in args.baselines.split(",") if n.strip()]
-    methods = {"leank": leank, **baseline_masks(model, tokenizer, leank, names, seed=args.seed)}
+    methods = {"leank": leank, **baseline_masks(model, tokenizer, leank, args.baselines, seed=args.seed)}
     report = evaluate_retrieval(
         model,
         tokenizer,
         methods,
-        tasks=tuple(args.tasks.split(",")),
-        lengths=tuple(int(x) for x in args.lengths.split(",")),
+        tasks=tuple(args.tasks),
+        lengths=tuple(args.lengths),
         samples=args.samples,
         seed=args.seed,
         judge_all=args.judge_all,

@@ -13,7 +13,13 @@ COMMAND_MODULES = ("bench", "demo", "env", "evaluate", "masks_commands", "train"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="leank-hf", description="LeanK K-cache channel pruning for transformers.")
+    parser = argparse.ArgumentParser(
+        prog="leank-hf",
+        description="LeanK K-cache channel pruning for transformers.",
+        epilog="Exit status: 0 on success, 2 on a usage error (a bad argument, a missing or unreadable input, an "
+        "unreachable Hub), printed as one `error:` line; `demo` exits 1 when LeanK misses an answer the full model "
+        "gets.",
+    )
     subparsers = parser.add_subparsers(dest="command", required=True)
     for name in COMMAND_MODULES:
         importlib.import_module(f"{__package__}.{name}").register(subparsers)

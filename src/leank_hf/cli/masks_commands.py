@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from ..errors import LeanKUsageError
 from ..masks import LeanKMasks
+from . import arguments as arg
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -19,7 +19,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     inspect.add_argument("--subfolder", help="folder inside the repo or directory")
     inspect.add_argument("--revision", help="branch, tag or commit of a Hub repo")
     inspect.add_argument("--local-files-only", action="store_true", help="never contact the Hub")
-    inspect.add_argument("--plot", metavar="PNG", help="also save a heatmap of kept channels (needs matplotlib)")
+    inspect.add_argument(
+        "--plot", type=arg.plot_file, metavar="PNG", help="also save a heatmap of kept channels (needs matplotlib)"
+    )
     inspect.set_defaults(func=_inspect)
 
     convert = subparsers.add_parser(
@@ -28,15 +30,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Import a mask released with MInference's LeanK (.pth, float 0/1 [layers, KV heads, head_dim]) "
         "and save it as a leank_hf mask folder.",
     )
-    convert.add_argument("pth", help="the .pth file (read with torch.load(weights_only=True))")
-    convert.add_argument("out_dir", help="folder to save the mask to")
+    convert.add_argument("pth", type=arg.existing_file, help="the .pth file (read with torch.load(weights_only=True))")
+    convert.add_argument("out_dir", type=arg.output_dir, help="folder to save the mask to")
     convert.add_argument("--base-model", required=True, help="Hub id of the model the mask was trained for")
     convert.add_argument("--base-model-revision", help="revision of that model")
-    convert.add_argument("--align", type=int, help="kept-count granularity (default: inferred, at most 32)")
-    convert.add_argument("--sink-size", type=int, default=128, help="sink tokens (default: %(default)s)")
-    convert.add_argument("--recent-size", type=int, default=768, help="recent-window tokens (default: %(default)s)")
-    convert.add_argument("--flush-size", type=int, default=128, help="flush chunk (default: %(default)s)")
-    convert.add_argument("--target-ratio", type=float, help="pruning ratio the mask was trained for, if known")
+    convert.add_argument(
+        "--align", type=arg.positive_int, help="kept-count granularity (default: inferred, at most 32)"
+    )
+    convert.add_argument(
+        "--sink-size", type=arg.non_negative_int, default=128, help="sink tokens (default: %(default)s)"
+    )
+    convert.add_argument(
+        "--recent-size", type=arg.positive_int, default=768, help="recent-window tokens (default: %(default)s)"
+    )
+    convert.add_argument("--flush-size", type=arg.positive_int, default=128, help="flush chunk (default: %(default)s)")
+    convert.add_argument("--target-ratio", type=arg.fraction, help="pruning ratio the mask was trained for, if known")
     convert.add_argument(
         "--info",
         action="append",
@@ -51,8 +59,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="upload a saved mask folder to the Hugging Face Hub",
         description="Upload a saved mask folder to a Hub repo in one commit (the repo is created if needed).",
     )
-    push.add_argument("dir", help="saved mask folder")
-    push.add_argument("repo_id", help="target repo, user/name")
+    push.add_argument("dir", type=arg.existing_dir, help="saved mask folder")
+    push.add_argument("repo_id", type=arg.repo_id, help="target repo, user/name")
     push.add_argument("--private", action="store_true", default=None, help="create the repo as private")
     push.add_argument("--token", help="Hub token with write access (default: the logged-in one)")
     push.add_argument("--subfolder", help="folder inside the repo, e.g. next to a model's weights")
@@ -98,8 +106,6 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _push(args: argparse.Namespace) -> int:
-    if not Path(args.dir).is_dir():
-        raise LeanKUsageError(f"no folder {args.dir!r}; push takes a folder written by save_pretrained or convert")
     masks = LeanKMasks.from_pretrained(args.dir)
     commit = masks.push_to_hub(
         args.repo_id,

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from ..errors import LeanKUsageError
+from . import arguments as arg
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -22,39 +23,71 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "deployed). Checkpoints, a CSV log and the final mask go to --output; --resume continues a run.",
     )
     parser.add_argument("--model", required=True, help="model folder or Hub id, or 'embedded' (SmolLM2-135M-Instruct)")
-    parser.add_argument("--output", required=True, help="folder for checkpoints, training_log.csv and the mask")
-    parser.add_argument("--resume", action="store_true", help="continue the run saved in --output")
-    parser.add_argument("--ratio", type=float, default=0.7, help="fraction of K channels to prune (%(default)s)")
-    parser.add_argument("--align", type=int, default=16, help="kept channels per head in multiples of (%(default)s)")
-    parser.add_argument("--sink-size", type=int, default=64, help="sink tokens kept in full (%(default)s)")
-    parser.add_argument("--recent-size", type=int, default=256, help="recent tokens kept in full (%(default)s)")
-    parser.add_argument("--flush-size", type=int, default=64, help="recent-window flush chunk (%(default)s)")
-    parser.add_argument("--stage1-steps", type=int, default=300, help="stage-1 steps (%(default)s)")
-    parser.add_argument("--stage2-steps", type=int, default=60, help="stage-2 steps (%(default)s)")
-    parser.add_argument("--lr", type=float, default=0.02, help="AdamW learning rate (%(default)s)")
-    parser.add_argument("--stage2-lr", type=float, help="stage-2 learning rate (default: --lr)")
-    parser.add_argument("--l1-weight", type=float, default=0.06, help="stage-1 lambda of mean|alpha| (%(default)s)")
-    parser.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping (%(default)s)")
-    parser.add_argument("--min-length", type=int, default=1024, help="shortest synthetic prompt, tokens")
-    parser.add_argument("--max-length", type=int, default=4096, help="longest synthetic prompt, tokens")
-    parser.add_argument("--questions-per-sample", type=int, default=4, help="questions per synthetic context")
-    parser.add_argument("--steps-per-sample", type=int, default=1, help="steps sharing one context's prefill")
-    parser.add_argument("--data", help='JSONL file of {"prompt": ..., "answer": ...} lines instead of synthetic data')
+    parser.add_argument(
+        "--output", required=True, type=arg.output_dir, help="folder for checkpoints, training_log.csv and the mask"
+    )
+    existing = parser.add_mutually_exclusive_group()
+    existing.add_argument("--resume", action="store_true", help="continue the run saved in --output")
+    existing.add_argument("--overwrite", action="store_true", help="start a new run over the one saved in --output")
+    parser.add_argument("--ratio", type=arg.fraction, default=0.7, help="fraction of K channels to prune (%(default)s)")
+    parser.add_argument(
+        "--align", type=arg.positive_int, default=16, help="kept channels per head in multiples of (%(default)s)"
+    )
+    parser.add_argument(
+        "--sink-size", type=arg.non_negative_int, default=64, help="sink tokens kept in full (%(default)s)"
+    )
+    parser.add_argument(
+        "--recent-size", type=arg.positive_int, default=256, help="recent tokens kept in full (%(default)s)"
+    )
+    parser.add_argument(
+        "--flush-size", type=arg.positive_int, default=64, help="recent-window flush chunk (%(default)s)"
+    )
+    parser.add_argument("--stage1-steps", type=arg.non_negative_int, default=300, help="stage-1 steps (%(default)s)")
+    parser.add_argument("--stage2-steps", type=arg.non_negative_int, default=60, help="stage-2 steps (%(default)s)")
+    parser.add_argument("--lr", type=arg.positive_float, default=0.02, help="AdamW learning rate (%(default)s)")
+    parser.add_argument("--stage2-lr", type=arg.positive_float, help="stage-2 learning rate (default: --lr)")
+    parser.add_argument(
+        "--l1-weight", type=arg.non_negative_float, default=0.06, help="stage-1 lambda of mean|alpha| (%(default)s)"
+    )
+    parser.add_argument("--max-grad-norm", type=arg.positive_float, default=1.0, help="gradient clipping (%(default)s)")
+    parser.add_argument("--min-length", type=arg.positive_int, default=1024, help="shortest synthetic prompt, tokens")
+    parser.add_argument("--max-length", type=arg.positive_int, default=4096, help="longest synthetic prompt, tokens")
+    parser.add_argument(
+        "--questions-per-sample", type=arg.positive_int, default=4, help="questions per synthetic context"
+    )
+    parser.add_argument(
+        "--steps-per-sample", type=arg.positive_int, default=1, help="steps sharing one context's prefill"
+    )
+    parser.add_argument(
+        "--data",
+        type=arg.existing_file,
+        help='JSONL file of {"prompt": ..., "answer": ...} lines instead of synthetic data',
+    )
     parser.add_argument("--seed", type=int, default=0, help="data seed (%(default)s)")
-    parser.add_argument("--checkpoint-every", type=int, default=10, help="steps between checkpoints (%(default)s)")
-    parser.add_argument("--max-steps", type=int, help="stop at this step (resume later with --resume)")
+    parser.add_argument(
+        "--checkpoint-every", type=arg.positive_int, default=10, help="steps between checkpoints (%(default)s)"
+    )
+    parser.add_argument("--max-steps", type=arg.positive_int, help="stop at this step (resume later with --resume)")
     parser.add_argument(
         "--gradient-checkpointing", action="store_true", help="recompute the student's attention in backward"
     )
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="model dtype (%(default)s)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="model device")
-    parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument(
+        "--device", type=arg.device, default="cuda" if torch.cuda.is_available() else "cpu", help="model device"
+    )
+    parser.add_argument("--threads", type=arg.positive_int, help="torch CPU threads")
     parser.set_defaults(func=_train)
 
 
 def _read_pairs(path: str) -> list[tuple[str, str]]:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise LeanKUsageError(
+            f"{path} is not UTF-8 text ({error.reason} at byte {error.start}); save it as UTF-8 JSONL"
+        ) from None
     pairs = []
-    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -70,6 +103,7 @@ def _read_pairs(path: str) -> list[tuple[str, str]]:
 def _train(args: argparse.Namespace) -> int:
     from ..models import load_model
     from ..training import PromptAnswerData, SyntheticRetrievalData, train_masks
+    from ..training.trainer import check_run_folder
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -80,9 +114,11 @@ def _train(args: argparse.Namespace) -> int:
         torch.distributed.init_process_group("nccl" if use_cuda else "gloo")
         if use_cuda:
             device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    check_run_folder(args.output, resume=args.resume, overwrite=args.overwrite)  # before the model loads
+    pairs = _read_pairs(args.data) if args.data else None
     model, tokenizer = load_model(args.model, DTYPES[args.dtype], device)
-    if args.data:
-        data = PromptAnswerData(tokenizer, _read_pairs(args.data), name=Path(args.data).name)
+    if pairs is not None:
+        data = PromptAnswerData(tokenizer, pairs, name=Path(args.data).name)
     else:
         data = SyntheticRetrievalData(
             tokenizer,
@@ -104,6 +140,7 @@ def _train(args: argparse.Namespace) -> int:
         data=data,
         output_dir=args.output,
         resume=args.resume,
+        overwrite=args.overwrite,
         seed=args.seed,
         lr=args.lr,
         stage2_lr=args.stage2_lr,

@@ -25,11 +25,12 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..constants import CONFIG_NAME
 from ..contract import ModelShape
 from ..errors import LeanKUsageError
 from ..masks import LeanKMasks
 from .attention import MiddleKeyScaling, scaled_middle_keys, training_attention_enabled, truncate_cache
-from .checkpoint import LOG_NAME, CsvLog, load_checkpoint, save_checkpoint
+from .checkpoint import CHECKPOINT_NAME, LOG_NAME, CsvLog, load_checkpoint, save_checkpoint
 from .data import TokenizedGroup, as_training_data
 from .masking import binary_mask, straight_through
 
@@ -75,6 +76,7 @@ class TrainSettings:
         return base
 
     def validate(self) -> None:
+        """Raise `LeanKUsageError` for settings that cannot train (out of range, NaN or infinite)."""
         if not 0.0 < self.ratio < 1.0:
             raise LeanKUsageError(f"`ratio` (fraction of K channels to prune) must be in (0, 1), got {self.ratio}")
         if self.stage1_steps < 0 or self.stage2_steps < 0 or self.total_steps == 0:
@@ -89,8 +91,41 @@ class TrainSettings:
             )
         if self.steps_per_sample < 1:
             raise LeanKUsageError(f"`steps_per_sample` must be >= 1, got {self.steps_per_sample}")
-        if self.lr <= 0 or self.stage2_lr <= 0 or self.l1_weight < 0 or self.max_grad_norm <= 0:
-            raise LeanKUsageError("`lr`, `stage2_lr` and `max_grad_norm` must be > 0 and `l1_weight` >= 0")
+        for name, positive in (("lr", True), ("stage2_lr", True), ("max_grad_norm", True), ("l1_weight", False)):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0 or (positive and value == 0):
+                raise LeanKUsageError(f"`{name}` must be a finite number {'> 0' if positive else '>= 0'}, got {value}")
+        for name in ("warmup_fraction", "decay_fraction", "min_lr_fraction"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise LeanKUsageError(f"`{name}` must be in [0, 1], got {getattr(self, name)}")
+
+
+def check_run_folder(output_dir: str | os.PathLike | None, *, resume: bool, overwrite: bool) -> None:
+    """Refuse to start a new run over a saved one unless `overwrite`, and `resume` without a folder.
+
+    A folder holds a run when it has a checkpoint, a training log or a saved mask. With `overwrite`, the old
+    checkpoint is deleted (a stale one could later be resumed by mistake); the log and the mask are rewritten.
+    """
+    if resume and overwrite:
+        raise LeanKUsageError("`resume` continues the saved run and `overwrite` replaces it: pass only one")
+    if output_dir is None:
+        if resume:
+            raise LeanKUsageError("`resume=True` needs the `output_dir` of the run to continue")
+        return
+    folder = Path(output_dir)
+    if folder.exists() and not folder.is_dir():
+        raise LeanKUsageError(f"`output_dir` {str(folder)!r} is a file; pass a new or existing folder")
+    held = [name for name in (f"checkpoint/{CHECKPOINT_NAME}", LOG_NAME, CONFIG_NAME) if (folder / name).is_file()]
+    if held and not (resume or overwrite):
+        raise LeanKUsageError(
+            f"{str(folder)!r} already holds a run ({', '.join(held)}); continue it with resume (--resume), "
+            "replace it with overwrite (--overwrite), or pick another output folder"
+        )
+    rank, world = _distributed()
+    if overwrite and rank == 0:
+        (folder / "checkpoint" / CHECKPOINT_NAME).unlink(missing_ok=True)
+    if world > 1:
+        torch.distributed.barrier()  # every process has looked before process 0 writes the new run
 
 
 def model_shape(model) -> tuple[int, int, int]:
@@ -178,6 +213,7 @@ def train_masks(
     data: Any = None,
     output_dir: str | os.PathLike | None = None,
     resume: bool = False,
+    overwrite: bool = False,
     seed: int = 0,
     lr: float = 0.02,
     stage2_lr: float | None = None,
@@ -206,6 +242,8 @@ def train_masks(
         output_dir (`str`, *optional*): where checkpoints (`checkpoint/`), the CSV log and the final mask go.
         resume (`bool`, *optional*): continue from `output_dir/checkpoint` (same settings); bit-for-bit identical to
             an uninterrupted run.
+        overwrite (`bool`, *optional*): start a new run in an `output_dir` that already holds one (refused without
+            `resume` or `overwrite`).
         seed (`int`, *optional*, defaults to 0): seed of the synthetic data (and recorded in the mask).
         lr (`float`, *optional*, defaults to 0.02), stage2_lr (`float`, *optional*, defaults to `lr`): AdamW rates.
         l1_weight (`float`, *optional*, defaults to 0.06): lambda of the stage-1 sparsity term mean|alpha|.
@@ -214,8 +252,8 @@ def train_masks(
         steps_per_sample (`int`, *optional*, defaults to 1): optimizer steps each sample serves; its questions are
             dealt out over these steps and its prefix runs once for all of them (the prefill is most of a step's
             cost on long contexts).
-        checkpoint_every (`int`, *optional*, defaults to 10): steps between checkpoints (with `output_dir`).
-        max_steps (`int`, *optional*): stop after this global step (time-boxed runs); resume later to finish.
+        checkpoint_every (`int`, *optional*, defaults to 10): steps between checkpoints (with `output_dir`), >= 1.
+        max_steps (`int`, *optional*): stop after this global step (time-boxed runs, >= 1); resume later to finish.
         gradient_checkpointing (`bool`, *optional*, defaults to `False`): recompute the student's attention in the
             backward pass (its `[answer rows, keys]` logits are its largest activations on long contexts; weights
             are frozen and the prompt runs without gradients, so nothing else grows with the context). Same
@@ -254,8 +292,11 @@ def train_masks(
     shape = model_shape(model)
     if shape[2] % align:
         raise LeanKUsageError(f"`align`={align} must divide the model's head_dim={shape[2]}")
-    if resume and output_dir is None:
-        raise LeanKUsageError("`resume=True` needs the `output_dir` of the run to continue")
+    if checkpoint_every < 1:
+        raise LeanKUsageError(f"`checkpoint_every` must be >= 1 (steps between checkpoints), got {checkpoint_every}")
+    if max_steps is not None and max_steps < 1:
+        raise LeanKUsageError(f"`max_steps` must be >= 1 (or None for the whole run), got {max_steps}")
+    check_run_folder(output_dir, resume=resume, overwrite=overwrite)
     stream = as_training_data(data, tokenizer, seed)
     rank, world = _distributed()
     device = next(model.parameters()).device
@@ -282,6 +323,10 @@ def train_masks(
         torch.set_rng_state(state["torch_rng"])
         start = int(state["step"])
         last_mse = state["last_mse"]
+        if max_steps is not None and max_steps < start:
+            raise LeanKUsageError(
+                f"`max_steps`={max_steps} is before the checkpoint's step {start}; raise it or drop it"
+            )
     log = CsvLog(Path(output_dir) / LOG_NAME, start if resume else None) if output_dir and rank == 0 else None
     stop = settings.total_steps if max_steps is None else min(settings.total_steps, max_steps)
     bar = tqdm(total=settings.total_steps, initial=start, disable=not progress or rank != 0, desc="leank train")
