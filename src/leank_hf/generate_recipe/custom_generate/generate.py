@@ -5,8 +5,8 @@
 The recipe switches the model to LeanK attention (`apply_leank`), finds its masks, builds a new `LeanKCache` for
 this call only and runs transformers' own generation with it, so a pipeline over many prompts never reuses one
 prompt's cache for another. Masks: `leank_masks=` (a `LeanKMasks`, a folder, a bundled base model id or a Hub repo),
-else `LeanKMasks.from_pretrained(model.name_or_path)`: masks saved in the model's folder or repo (`leank/`), or the
-mask shipped with leank_hf for that base model id.
+else `LeanKMasks.from_pretrained(model.config.name_or_path)` (the folder or Hub id the model was loaded from): masks
+saved in the model's folder or repo (`leank/`), or the mask shipped with leank_hf for that base model id.
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ def generate(
         model (`PreTrainedModel`):
             The model; switched to LeanK attention in place (it keeps working with any other cache).
         leank_masks (`LeanKMasks`, `str` or `os.PathLike`, *optional*):
-            The masks, or where to load them from; defaults to the model's own folder or Hub id.
+            The masks, or where to load them from; defaults to the model's own folder or Hub id
+            (`model.config.name_or_path`).
         leank_backend (`str`, *optional*, defaults to `"auto"`):
             Decode attention backend, as in `apply_leank`.
         args, kwargs:
@@ -47,6 +48,6 @@ def generate(
     if isinstance(leank_masks, LeanKMasks):
         cache = LeanKCache(leank_masks, model.config)
     else:
-        cache = LeanKCache.from_pretrained(leank_masks or model.name_or_path, config=model.config)
+        cache = LeanKCache.from_pretrained(leank_masks or model.config.name_or_path, config=model.config)
     # The class's own generate: a model whose `generate` was replaced by this recipe does not call it again.
     return GenerationMixin.generate(model, *args, past_key_values=cache, **kwargs)
