@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from leank_hf import LeanKCache, apply_leank
-from leank_hf.models import load_model
+from leank_hf.models import EMBEDDED_MODEL_ID, load_model
 from leank_hf.training.data import make_multikey_sample
 
 
@@ -32,7 +32,7 @@ def build_prompt(tokenizer, args: argparse.Namespace) -> str:
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="embedded", help="model folder, Hub id, or 'embedded' (SmolLM2)")
-    parser.add_argument("--masks", help="mask folder, Hub repo or bundled base model id (default: the model's id)")
+    parser.add_argument("--masks", help="mask folder, Hub repo or bundled model id (default: the model's)")
     parser.add_argument("--prompt-file", help="text file with a long document")
     parser.add_argument("--question", default="Summarise the text above in one sentence.")
     parser.add_argument("--length", type=int, default=2048, help="tokens of the synthetic prompt (no --prompt-file)")
@@ -48,7 +48,9 @@ def main(argv: list[str] | None = None) -> str:
     ).to(device)
 
     apply_leank(model)  # the Triton kernel on CUDA, PyTorch on CPU
-    cache = LeanKCache.from_pretrained(args.masks or model.config._name_or_path, config=model.config)
+    # The model's folder or Hub id finds masks saved in its `leank/` subfolder, or the mask shipped for that id.
+    masks = args.masks or (EMBEDDED_MODEL_ID if args.model == "embedded" else args.model)
+    cache = LeanKCache.from_pretrained(masks, config=model.config)
     output = model.generate(**inputs, past_key_values=cache, max_new_tokens=args.max_new_tokens, do_sample=False)
     reply = tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
 

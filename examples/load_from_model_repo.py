@@ -1,6 +1,6 @@
-"""Use masks that live in a subfolder of a model repo: one repo id gives weights, tokenizer and LeanK masks.
+"""Use masks that live in a model repo's `leank/` subfolder: one repo id gives weights, tokenizer and LeanK masks.
 
-    python examples/load_from_model_repo.py alice/my-finetuned-model --subfolder leank --prompt-file report.txt
+    python examples/load_from_model_repo.py alice/my-finetuned-model --prompt-file report.txt
 
 Put masks there with `python examples/push_masks.py my-mask alice/my-finetuned-model --subfolder leank`, or save
 them next to a model you save yourself: `model.save_pretrained(d)` then `masks.save_pretrained(f"{d}/leank")`
@@ -21,7 +21,7 @@ from leank_hf import LeanKCache, apply_leank
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("repo_id", help="model repo (or local folder) with the masks in a subfolder")
-    parser.add_argument("--subfolder", default="leank", help="folder of the masks inside the repo (%(default)s)")
+    parser.add_argument("--subfolder", help="folder of the masks inside the repo (default: the root, then leank/)")
     parser.add_argument("--revision", help="branch, tag or commit")
     parser.add_argument("--prompt-file", required=True, help="text file with a long document")
     parser.add_argument("--question", default="Summarise the text above in one sentence.")
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> str:
     apply_leank(model)
     cache = LeanKCache.from_pretrained(
         args.repo_id, subfolder=args.subfolder, revision=args.revision, config=model.config
-    )  # checks that the masks fit this model's layers, KV heads and head_dim
+    )  # finds `leank/` by itself; checks that the masks fit this model's layers, KV heads and head_dim
 
     document = Path(args.prompt_file).read_text(encoding="utf-8")
     messages = [{"role": "user", "content": f"{document}\n\n{args.question}"}]

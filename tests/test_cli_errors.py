@@ -122,8 +122,9 @@ BAD_ARGUMENTS = [
     (["bench", "kernel", "--rep-ms", "0"], "argument --rep-ms"),
     (["bench", "kernel", "--batches", "0"], "argument --batches"),
     (["bench", "kernel", "--layers", "-1"], "argument --layers"),
-    (["bench", "generate", "--context", "0"], "argument --context"),
-    (["bench", "generate", "--context", "8k,16k"], "argument --context"),
+    (["bench", "generate", "--contexts", "0"], "argument --contexts"),
+    (["bench", "generate", "--contexts", "8k,abc"], "argument --contexts"),
+    (["bench", "generate", "--methods", "sdpa,bogus"], "argument --methods"),
     (["bench", "generate", "--new-tokens", "0"], "argument --new-tokens"),
     (["bench", "generate", "--num-layers", "0"], "argument --num-layers"),
     # inspect, convert, push

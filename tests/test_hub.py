@@ -252,8 +252,9 @@ def test_load_from_cache_honours_hf_hub_offline(cached_repo, masks, hub, monkeyp
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     assert LeanKMasks.from_pretrained("org/model", subfolder="leank", cache_dir=cached_repo) == masks
     assert hub.calls() == []
-    with pytest.raises(MaskError, match="not in the local Hugging Face cache.*HF_HUB_OFFLINE"):
-        LeanKMasks.from_pretrained("org/model", cache_dir=cached_repo)  # no masks at the model's root
+    assert LeanKMasks.from_pretrained("org/model", cache_dir=cached_repo) == masks  # found in `leank/`
+    with pytest.raises(MaskError, match="'org/absent'.*root and its 'leank'.*not in the local Hugging Face cache"):
+        LeanKMasks.from_pretrained("org/absent", cache_dir=cached_repo)
     assert hub.calls() == []
 
 
@@ -290,8 +291,10 @@ def test_download_errors_are_clear(tmp_path, masks, hub):
     hub.add_repo("org/model", {"config.json": b"{}"})
     hub.add_repo("org/half", {"leank_config.json": (tmp_path / "saved" / "leank_config.json").read_bytes()})
     cache_dir = tmp_path / "cache"
-    with pytest.raises(MaskError, match="'org/model' has no leank_config.json.*subfolder="):
+    with pytest.raises(MaskError, match="'org/model'.*root and its 'leank' subfolder.* has no leank_config.json.*sub"):
         LeanKMasks.from_pretrained("org/model", cache_dir=cache_dir)
+    with pytest.raises(MaskError, match="'org/model' \\(subfolder 'masks'\\) has no leank_config.json.*subfolder="):
+        LeanKMasks.from_pretrained("org/model", subfolder="masks", cache_dir=cache_dir)
     with pytest.raises(MaskError, match="'org/half' has no leank_masks.safetensors"):
         LeanKMasks.from_pretrained("org/half", cache_dir=cache_dir)
     with pytest.raises(MaskError, match="'org/nothing' does not exist or is not accessible.*token="):
@@ -356,3 +359,69 @@ def test_bundled_copy_is_preferred_without_subfolder_or_revision(tmp_path, hub):
     with pytest.raises(MaskError, match="'Qwen/Qwen2.5-7B-Instruct'"):
         LeanKMasks.from_pretrained("Qwen/Qwen2.5-7B-Instruct", revision="main", cache_dir=tmp_path)
     assert hub.calls()  # with a revision the Hub is asked
+
+
+# ------------------------------------------------------------------------------------------------ masks next to weights
+def test_masks_in_a_model_folders_leank_subfolder_are_found_without_subfolder(tmp_path, masks):
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")
+    masks.save_pretrained(tmp_path / "model" / "leank")
+    assert LeanKMasks.from_pretrained(tmp_path / "model") == masks
+    masks.save_pretrained(tmp_path / "model")  # masks at the root come first
+    root = make_masks(sink_size=8)
+    root.save_pretrained(tmp_path / "model")
+    assert LeanKMasks.from_pretrained(tmp_path / "model") == root
+
+
+def test_a_folder_without_masks_names_both_places_and_the_fix(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(MaskError) as error:
+        LeanKMasks.from_pretrained(tmp_path)
+    assert f"folder {str(tmp_path)!r} has no leank_config.json" in str(error.value)
+    assert repr(str(tmp_path / "leank")) in str(error.value) and "save_pretrained(" in str(error.value)
+
+
+def test_masks_in_a_model_repos_leank_subfolder_are_downloaded_without_subfolder(tmp_path, masks, hub):
+    masks.save_pretrained(tmp_path / "saved")
+    files = saved_files(tmp_path / "saved")
+    hub.add_repo("org/model", {"config.json": b"{}", **{f"leank/{k}": v for k, v in files.items()}})
+    assert LeanKMasks.from_pretrained("org/model", cache_dir=tmp_path / "cache") == masks
+    asked = [path for _, path in hub.calls()]
+    assert asked[0] == "/org/model/resolve/main/leank_config.json"  # the root first, then `leank/`
+    assert "/org/model/resolve/main/leank/leank_masks.safetensors" in asked
+    hub.add_repo("org/masks", files)  # a masks repo: found at its root, `leank/` never asked
+    hub.requests.clear()
+    assert LeanKMasks.from_pretrained("org/masks", cache_dir=tmp_path / "cache") == masks
+    assert not any("/leank/" in path for _, path in hub.calls())
+
+
+def test_hub_keyword_arguments_pass_through_to_hf_hub_download(tmp_path, masks, hub):
+    masks.save_pretrained(tmp_path / "saved")
+    hub.add_repo("org/masks", saved_files(tmp_path / "saved"))
+    cache_dir = tmp_path / "cache"
+    assert LeanKMasks.from_pretrained("org/masks", cache_dir=cache_dir, repo_type="model") == masks
+    gets = sum(method == "GET" for method, _ in hub.calls())
+    LeanKMasks.from_pretrained("org/masks", cache_dir=cache_dir, headers={"X-Test": "1"})
+    assert sum(method == "GET" for method, _ in hub.calls()) == gets  # cached: no second download
+    LeanKMasks.from_pretrained("org/masks", cache_dir=cache_dir, force_download=True, headers={"X-Test": "1"})
+    assert sum(method == "GET" for method, _ in hub.calls()) == gets + 2
+    assert hub.requests[-1].headers["x-test"] == "1"
+    with pytest.raises(TypeError, match=r"\['cache_dri'\].*force_download"):
+        LeanKMasks.from_pretrained(tmp_path / "saved", cache_dri=cache_dir)  # a typo is refused, even for a folder
+
+
+def test_cache_from_pretrained_warns_when_the_mask_was_learned_on_another_model(tmp_path, masks):
+    from transformers import LlamaConfig
+
+    from leank_hf import LeanKCache
+
+    config = LlamaConfig(num_hidden_layers=3, num_attention_heads=2, num_key_value_heads=2, head_dim=16)
+    masks.save_pretrained(tmp_path / "mask")
+    config._name_or_path = "org/tiny-model-finetuned"
+    with pytest.warns(UserWarning, match="learned on 'org/tiny-model' but is applied to 'org/tiny-model-finetuned'"):
+        LeanKCache.from_pretrained(tmp_path / "mask", config=config)
+    for same_or_unknown in ("ORG/tiny-model", "", str(tmp_path)):  # same id, no id, or a local folder's path
+        config._name_or_path = same_or_unknown
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            LeanKCache.from_pretrained(tmp_path / "mask", config=config)

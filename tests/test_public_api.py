@@ -17,6 +17,7 @@ PUBLIC = {
     "__version__",
     "apply_leank",
     "bundled",
+    "custom_generate_path",
     "revert_leank",
     "train_masks",
 }

@@ -5,6 +5,7 @@ from .attention import apply_leank, revert_leank
 from .cache import LeanKCache
 from .errors import LeanKError, LeanKUsageError, MaskError
 from .masks import LeanKMasks
+from .recipe import custom_generate_path
 from .static_cache import LeanKStaticCache
 from .training import train_masks
 
@@ -20,6 +21,7 @@ __all__ = [
     "__version__",
     "apply_leank",
     "bundled",
+    "custom_generate_path",
     "revert_leank",
     "train_masks",
 ]

@@ -15,6 +15,7 @@ from transformers import AttentionInterface, PreTrainedModel
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+from .adapters import unwrap_peft, warn_if_keys_adapted
 from .cache import LeanKStates, PrefillKV
 from .constants import ATTN_IMPLEMENTATION
 from .errors import LeanKUsageError
@@ -139,8 +140,9 @@ def apply_leank(model: PreTrainedModel, backend: str = "auto") -> PreTrainedMode
     `revert_leank` restores the previous implementation.
 
     Args:
-        model (`PreTrainedModel`):
-            The model to switch (in place).
+        model (`PreTrainedModel` or peft `PeftModel`):
+            The model to switch (in place); a peft model's base model is switched, with a warning when adapters sit
+            on the key projections (they change the keys the mask was learned on).
         backend (`str`, *optional*, defaults to `"auto"`):
             `"auto"` (Triton kernel for CUDA decode steps when available, PyTorch otherwise), `"torch"` or
             `"triton"`.
@@ -149,21 +151,25 @@ def apply_leank(model: PreTrainedModel, backend: str = "auto") -> PreTrainedMode
         `PreTrainedModel`: the same model.
     """
     name = implementation_name(backend)
-    if not isinstance(model, PreTrainedModel):
-        raise LeanKUsageError(f"apply_leank needs a transformers PreTrainedModel, got {type(model).__name__}")
-    if not model._supports_sdpa:
+    base = unwrap_peft(model)
+    if not isinstance(base, PreTrainedModel):
         raise LeanKUsageError(
-            f"{type(model).__name__} does not support transformers' sdpa attention, which LeanK uses for the prompt "
+            f"apply_leank needs a transformers PreTrainedModel or a peft model around one, got {type(model).__name__}"
+        )
+    warn_if_keys_adapted(base)
+    if not base._supports_sdpa:
+        raise LeanKUsageError(
+            f"{type(base).__name__} does not support transformers' sdpa attention, which LeanK uses for the prompt "
             "and for layers it does not prune; LeanK cannot be used with this model"
         )
     register_leank_attention()
-    current = model.config._attn_implementation
+    current = base.config._attn_implementation
     if current not in _NAMES:
-        setattr(model, _PREVIOUS_ATTRIBUTE, current)
-    model.set_attn_implementation(name)
-    if model.config._attn_implementation != name:
+        setattr(base, _PREVIOUS_ATTRIBUTE, current)
+    base.set_attn_implementation(name)
+    if base.config._attn_implementation != name:
         raise LeanKUsageError(
-            f"{type(model).__name__} cannot switch its attention implementation to {name!r} (its attention does not "
+            f"{type(base).__name__} cannot switch its attention implementation to {name!r} (its attention does not "
             "use transformers' AttentionInterface), so it cannot use a LeanKCache"
         )
     return model
@@ -173,16 +179,17 @@ def revert_leank(model: PreTrainedModel) -> PreTrainedModel:
     """Undo `apply_leank`: restore the attention implementation the model had before (sdpa if unknown).
 
     Args:
-        model (`PreTrainedModel`):
+        model (`PreTrainedModel` or peft `PeftModel`):
             The model to switch back (in place). A model not switched to LeanK is returned unchanged.
 
     Returns:
         `PreTrainedModel`: the same model.
     """
-    if model.config._attn_implementation in _NAMES:
-        model.set_attn_implementation(getattr(model, _PREVIOUS_ATTRIBUTE, None) or "sdpa")
-    if hasattr(model, _PREVIOUS_ATTRIBUTE):
-        delattr(model, _PREVIOUS_ATTRIBUTE)
+    base = unwrap_peft(model)
+    if base.config._attn_implementation in _NAMES:
+        base.set_attn_implementation(getattr(base, _PREVIOUS_ATTRIBUTE, None) or "sdpa")
+    if hasattr(base, _PREVIOUS_ATTRIBUTE):
+        delattr(base, _PREVIOUS_ATTRIBUTE)
     return model
 
 

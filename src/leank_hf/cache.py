@@ -629,17 +629,24 @@ class LeanKCache(Cache):
     ) -> LeanKCache:
         """Load masks with `LeanKMasks.from_pretrained(mask_repo, **hub_kwargs)` and build a cache for `config`.
 
+        A model's own folder or repo id finds masks saved in its `leank/` subfolder. Warns when the masks were
+        learned on another Hub model than the one `config` was loaded from.
+
         Args:
             mask_repo (`str` or `os.PathLike`):
-                Local folder, bundled mask's base model id, or Hub repo id of the masks.
+                Local folder, bundled mask's base model id, or Hub repo id of the masks or of the model.
             config (`PreTrainedConfig`):
                 The model's config.
             sink_size, recent_size, flush_size (`int`, *optional*):
                 Override the masks' window sizes.
             hub_kwargs:
-                `subfolder`, `revision`, `cache_dir`, `token`, `local_files_only`.
+                `subfolder`, `revision`, and `huggingface_hub.hf_hub_download`'s keyword arguments (`cache_dir`,
+                `token`, `local_files_only`, `force_download`, `repo_type`, ...).
         """
+        from .hub import warn_if_made_for_another_model
+
         masks = LeanKMasks.from_pretrained(mask_repo, **hub_kwargs)
+        warn_if_made_for_another_model(masks, config)
         return cls(masks, config, sink_size=sink_size, recent_size=recent_size, flush_size=flush_size)
 
     def memory_footprint(self) -> MemoryFootprint:

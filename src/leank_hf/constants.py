@@ -6,3 +6,4 @@ MODEL_CARD_NAME = "README.md"
 MASK_FORMAT_VERSION = 1
 LIBRARY_NAME = "leank_hf"
 ATTN_IMPLEMENTATION = "leank"
+MODEL_SUBFOLDER = "leank"  # where masks sit next to a model's weights, found without `subfolder=`

@@ -10,6 +10,7 @@ A saved mask is a folder (or a repo, or a `subfolder` of a model's repo) with th
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
@@ -39,7 +40,7 @@ from huggingface_hub.errors import (
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .constants import CONFIG_NAME, LIBRARY_NAME, MASK_FORMAT_VERSION, MASKS_NAME, MODEL_CARD_NAME
+from .constants import CONFIG_NAME, LIBRARY_NAME, MASK_FORMAT_VERSION, MASKS_NAME, MODEL_CARD_NAME, MODEL_SUBFOLDER
 from .errors import HubError, MaskError
 from .masks import LeanKMasks
 
@@ -178,39 +179,48 @@ def _card_section(masks: LeanKMasks, card_name: str, subfolder: str | None) -> s
 
 
 # --------------------------------------------------------------------------------------------------------- load
+# `hf_hub_download` arguments that `load_masks` sets itself; every other one is passed through.
+_OWN_DOWNLOAD_ARGS = frozenset(
+    {"repo_id", "filename", "subfolder", "revision", "library_name", "library_version", "dry_run"}
+)
+
+
 def load_masks(
-    path_or_repo_id: str | os.PathLike,
-    *,
-    subfolder: str | None = None,
-    revision: str | None = None,
-    cache_dir: str | os.PathLike | None = None,
-    token: str | bool | None = None,
-    local_files_only: bool = False,
+    path_or_repo_id: str | os.PathLike, *, subfolder: str | None = None, revision: str | None = None, **hub_kwargs: Any
 ) -> LeanKMasks:
-    """Load masks from a folder, a bundled mask or a Hub repo (see `LeanKMasks.from_pretrained` for the order)."""
+    """Load masks from the first place that holds them (see `LeanKMasks.from_pretrained` for the order)."""
     from . import bundled
 
+    accepted = set(inspect.signature(hf_hub_download).parameters) - _OWN_DOWNLOAD_ARGS
+    unknown = sorted(set(hub_kwargs) - accepted)
+    if unknown:
+        raise TypeError(
+            f"unexpected keyword arguments {unknown}: besides `subfolder` and `revision`, masks load with the keyword "
+            f"arguments of huggingface_hub's hf_hub_download: {sorted(accepted)}"
+        )
     folder = Path(path_or_repo_id)
     if folder.is_dir():
-        folder = folder / subfolder if subfolder else folder
-        return _load_folder(folder, f"folder {str(folder)!r}")
+        return _load_local(folder, subfolder)
     name = str(path_or_repo_id)
     if subfolder is None and revision is None:
         bundled_folder = bundled.find(name)
         if bundled_folder is not None:
             return _load_folder(bundled_folder, f"bundled mask {bundled_folder.name!r}")
-    where = f"Hub repo {name!r}" + (f" (subfolder {subfolder!r})" if subfolder else "")
-    where += f" at revision {revision!r}" if revision else ""
-    download = {
-        "subfolder": subfolder,
-        "revision": revision,
-        "cache_dir": cache_dir,
-        "token": token,
-        "local_files_only": local_files_only or constants.HF_HUB_OFFLINE,
-    }
-    config_path = _download(name, CONFIG_NAME, where, download)
-    masks_path = _download(name, MASKS_NAME, where, download)
-    return _read_files(Path(config_path), Path(masks_path), where)
+    return _load_hub(name, subfolder, revision, hub_kwargs)
+
+
+def _load_local(folder: Path, subfolder: str | None) -> LeanKMasks:
+    """The folder itself, then its `leank/` subfolder (only `folder / subfolder` when one is named)."""
+    if subfolder:
+        return _load_folder(folder / subfolder, f"folder {str(folder / subfolder)!r}")
+    for candidate in (folder, folder / MODEL_SUBFOLDER):
+        if (candidate / CONFIG_NAME).is_file() or (candidate / MASKS_NAME).is_file():
+            return _load_folder(candidate, f"folder {str(candidate)!r}")
+    raise MaskError(
+        f"folder {str(folder)!r} has no {CONFIG_NAME}, and neither has {str(folder / MODEL_SUBFOLDER)!r}: it holds no "
+        f"saved LeanK mask; save one next to the model's weights with "
+        f"`masks.save_pretrained({str(folder / MODEL_SUBFOLDER)!r})`, or pass the mask's own folder"
+    )
 
 
 def _load_folder(folder: Path, where: str) -> LeanKMasks:
@@ -223,11 +233,61 @@ def _load_folder(folder: Path, where: str) -> LeanKMasks:
     return _read_files(folder / CONFIG_NAME, folder / MASKS_NAME, where)
 
 
-def _download(repo_id: str, filename: str, where: str, options: dict[str, Any]) -> str:
+def _load_hub(repo_id: str, subfolder: str | None, revision: str | None, hub_kwargs: dict[str, Any]) -> LeanKMasks:
+    """The repo's root, then its `leank/` subfolder (only `subfolder` when one is named), through the HF cache."""
+    options = {
+        **hub_kwargs,
+        "revision": revision,
+        "local_files_only": hub_kwargs.get("local_files_only", False) or constants.HF_HUB_OFFLINE,
+    }
+    at_revision = f" at revision {revision!r}" if revision else ""
+    missing: list[EntryNotFoundError] = []
+    for candidate in [subfolder] if subfolder else [None, MODEL_SUBFOLDER]:
+        where = f"Hub repo {repo_id!r}" + (f" (subfolder {candidate!r})" if candidate else "") + at_revision
+        try:
+            config_path = _download(repo_id, CONFIG_NAME, candidate, where, options)
+        except EntryNotFoundError as error:
+            missing.append(error)
+            continue
+        try:
+            masks_path = _download(repo_id, MASKS_NAME, candidate, where, options)
+        except EntryNotFoundError as error:
+            raise _missing_file(where, MASKS_NAME, error, "it is not a LeanK mask repo") from error
+        return _read_files(Path(config_path), Path(masks_path), where)
+    if subfolder:
+        (error,) = missing
+        raise _missing_file(where, CONFIG_NAME, error, "it is not a LeanK mask; check `subfolder=`") from error
+    where = (
+        f"Hub repo {repo_id!r}{at_revision} (tried its root and its {MODEL_SUBFOLDER!r} subfolder, after finding no "
+        "local folder or bundled mask of that name)"
+    )
+    fix = (
+        f"it holds no LeanK mask; push one next to the model's weights with "
+        f"`masks.push_to_hub({repo_id!r}, subfolder={MODEL_SUBFOLDER!r})`, or pass the mask's own repo or folder "
+        "(with `subfolder=` where it sits elsewhere)"
+    )
+    # Offline, a file absent from the cache may still be on the Hub: say so rather than "has no".
+    error = next((error for error in missing if isinstance(error, LocalEntryNotFoundError)), missing[-1])
+    raise _missing_file(where, CONFIG_NAME, error, fix) from error
+
+
+def _missing_file(where: str, filename: str, error: EntryNotFoundError, fix: str) -> MaskError:
+    if isinstance(error, LocalEntryNotFoundError):
+        return MaskError(
+            f"{where}: {filename} is not in the local Hugging Face cache and the Hub may not be contacted "
+            "(HF_HUB_OFFLINE=1 or local_files_only=True); download it once online or load a local folder"
+        )
+    return MaskError(f"{where} has no {filename}: {fix}")
+
+
+def _download(repo_id: str, filename: str, subfolder: str | None, where: str, options: dict[str, Any]) -> str:
+    """`hf_hub_download` with its errors as `MaskError`s, except a missing file (`EntryNotFoundError`)."""
     from . import __version__, bundled
 
     try:
-        return hf_hub_download(repo_id, filename, library_name=LIBRARY_NAME, library_version=__version__, **options)
+        return hf_hub_download(
+            repo_id, filename, subfolder=subfolder, library_name=LIBRARY_NAME, library_version=__version__, **options
+        )
     except HFValidationError as error:
         names = ", ".join(mask.name for mask in bundled.available()) or "none"
         raise MaskError(
@@ -242,16 +302,9 @@ def _download(repo_id: str, filename: str, where: str, options: dict[str, Any]) 
     except LocalEntryNotFoundError as error:
         if not options["local_files_only"]:  # the Hub was allowed but did not answer
             raise _hub_error(where, error.__cause__ or error) from error
-        reason = "offline mode is on (HF_HUB_OFFLINE=1)" if constants.HF_HUB_OFFLINE else "local_files_only=True"
-        raise MaskError(
-            f"{where}: {filename} is not in the local Hugging Face cache and {reason} forbids downloading it; "
-            "download it once online or load a local folder"
-        ) from error
-    except EntryNotFoundError as error:
-        raise MaskError(
-            f"{where} has no {filename}: it is not a LeanK mask repo (masks stored next to a model's weights need "
-            "`subfolder=`)"
-        ) from error
+        raise  # not in the cache and the Hub may not be contacted: the caller says what it tried
+    except EntryNotFoundError:
+        raise  # a missing file: the caller tries the next place
     except (HfHubHTTPError, http.TransportError) as error:
         raise _hub_error(where, error) from error
 
@@ -273,6 +326,23 @@ def _hub_error(where: str, error: BaseException) -> HubError:
         f"{where}: could not reach the Hub (no network? {type(error).__name__}: {first_line}); check the connection "
         "or proxy, or use a local folder"
     )
+
+
+def warn_if_made_for_another_model(masks: LeanKMasks, config: Any, stacklevel: int = 3) -> None:
+    """Warn when `masks` were learned on another model than the Hub model `config` was loaded from.
+
+    Nothing is said when either id is unknown or the model was loaded from a local folder (its id is a path).
+    """
+    model_id = getattr(config, "name_or_path", "") or ""
+    if not masks.base_model or not model_id or Path(model_id).is_dir():
+        return
+    if masks.base_model.lower() != model_id.lower():
+        warnings.warn(
+            f"this LeanK mask was learned on {masks.base_model!r} but is applied to {model_id!r}: another model or a "
+            "fine-tune has other keys, so the pruned channels may matter to it; check the answers (`leank-hf eval`) "
+            "or train a mask for this model (`leank-hf train`)",
+            stacklevel=stacklevel,
+        )
 
 
 def _read_files(config_path: Path, masks_path: Path, where: str) -> LeanKMasks:

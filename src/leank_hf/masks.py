@@ -258,42 +258,35 @@ class LeanKMasks:
         *,
         subfolder: str | None = None,
         revision: str | None = None,
-        cache_dir: str | os.PathLike | None = None,
-        token: str | bool | None = None,
-        local_files_only: bool = False,
+        **hub_kwargs: Any,
     ) -> LeanKMasks:
         """Load masks from a local folder, a bundled mask, or a Hugging Face Hub repo (see `leank_hf.hub`).
 
-        Resolution order: a local folder (joined with `subfolder`); then, with neither `subfolder` nor `revision`, a
-        mask shipped with leank_hf whose base model id or name matches (`leank_hf.bundled.available()`), with no
-        network; then the Hub repo, through the Hugging Face cache (`HF_HUB_OFFLINE=1` and `local_files_only` are
-        honoured).
+        Resolution order, first match wins:
+
+        1. a local folder: the folder itself, then its `leank/` subfolder (masks saved next to a model's weights);
+        2. with neither `subfolder` nor `revision`: a mask shipped with leank_hf whose base model id or name matches
+           (`leank_hf.bundled.available()`), with no network;
+        3. a Hub repo, through the Hugging Face cache (`HF_HUB_OFFLINE=1` and `local_files_only` are honoured): its
+           root, then its `leank/` subfolder.
+
+        A `subfolder` replaces "the root, then `leank/`" in 1 and 3 by that one folder.
 
         Args:
             path_or_repo_id (`str` or `os.PathLike`):
-                Folder with `leank_config.json` and `leank_masks.safetensors`, a bundled mask's base model id or name,
-                or a Hub repo id.
+                Folder with `leank_config.json` and `leank_masks.safetensors` (or a model folder with them in
+                `leank/`), a bundled mask's base model id or name, or a Hub repo id (masks or model repo).
             subfolder (`str`, *optional*):
-                Folder inside the repo or directory, e.g. masks stored next to a model's weights.
+                Folder inside the repo or directory where the masks are, when not at the root or in `leank/`.
             revision (`str`, *optional*):
                 Branch, tag or commit of the Hub repo.
-            cache_dir (`str` or `os.PathLike`, *optional*):
-                Hugging Face cache folder to use instead of the default one.
-            token (`str` or `bool`, *optional*):
-                Hub token for private or gated repos.
-            local_files_only (`bool`, *optional*, defaults to `False`):
-                Only look in the local cache, never on the network.
+            hub_kwargs:
+                Passed to `huggingface_hub.hf_hub_download`: `cache_dir`, `token`, `local_files_only`,
+                `force_download`, `repo_type`, `endpoint`, `headers`, ...; an unknown name raises `TypeError`.
         """
         from .hub import load_masks
 
-        return load_masks(
-            path_or_repo_id,
-            subfolder=subfolder,
-            revision=revision,
-            cache_dir=cache_dir,
-            token=token,
-            local_files_only=local_files_only,
-        )
+        return load_masks(path_or_repo_id, subfolder=subfolder, revision=revision, **hub_kwargs)
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> None:
         """Write `leank_config.json`, `leank_masks.safetensors` and a `README.md` model card into a folder.
