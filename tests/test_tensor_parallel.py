@@ -82,9 +82,20 @@ def test_each_rank_caches_its_kv_heads(runs: tuple[dict, list[dict]]) -> None:
 def test_layouts_leank_cannot_follow_are_refused(runs: tuple[dict, list[dict]]) -> None:
     for results in runs[1]:
         refused = results["refused"]
+        assert "LeanKCache.for_model(model, masks)" in refused["whole_mask"]
         assert "3 KV heads" in refused["uneven"] and "over 2 ranks" in refused["uneven"]
         assert "'model.layers.*.self_attn.k_proj': 'colwise'" in refused["uneven"]
         assert "replicated" in refused["gathered"] and "'colwise_rep'" in refused["gathered"]
         assert (
             "tp_size=2): KV heads are replicated" in refused["replicated"] and "all 2 KV heads" in refused["replicated"]
         )
+
+
+def test_one_process_model_gets_the_whole_mask() -> None:
+    model = apply_leank(tiny_model("llama"))
+    masks = random_masks(model.config, align=16, widths=WIDTHS)
+    cache = LeanKCache.for_model(model, masks)
+    assert cache.kv_heads is None
+    model(torch.randint(1, 97, (2, 30)), past_key_values=cache)
+    assert cache.memory_footprint(all_ranks=True) == cache.memory_footprint()
+    assert [layer.host_layout.num_kv_heads for layer in cache.layers] == [2, 2, 2]

@@ -74,7 +74,13 @@ def main(workdir: Path) -> None:
     keys = [key for key in plan if key.endswith(("k_proj", "v_proj"))]
     gathered = {**plan, **dict.fromkeys(keys, "colwise_rep")}
     replicated = {**plan, **dict.fromkeys(keys, "replicate")}  # a style of transformers >= 5.23 (CI's pin)
+    try:  # the whole mask on a rank that holds half the heads
+        model(_prompt(), past_key_values=LeanKCache(masks, model.config))
+        whole_mask = ""
+    except LeanKError as error:
+        whole_mask = str(error)
     results["refused"] = {
+        "whole_mask": whole_mask,
         "uneven": _refusal(workdir / "uneven", "auto", LeanKMasks.from_pretrained(workdir / "uneven_masks")),
         "gathered": _refusal(workdir / "model", gathered, masks),
         "replicated": _refusal(workdir / "model", replicated, masks),
