@@ -90,7 +90,21 @@ def build_model(intermediate_size: int, vocab_size: int, num_layers: int) -> Lla
     return model
 
 
-def _switch(model: LlamaForCausalLM, method: str) -> None:
+def llama_masks(num_layers: int) -> LeanKMasks:
+    """The first `num_layers` layers of the bundled Llama-3.1-8B-Instruct mask, with its windows."""
+    full = LeanKMasks.from_pretrained(MASK_ID)
+    return LeanKMasks(
+        full.mask[:num_layers],
+        base_model=full.base_model,
+        sink_size=full.sink_size,
+        recent_size=full.recent_size,
+        flush_size=full.flush_size,
+        align=full.align,
+    )
+
+
+def switch_attention(model: LlamaForCausalLM, method: str) -> None:
+    """Switch `model` to `method`'s attention: `"leank"` (Triton kernel) or `"sdpa"`."""
     if method == "leank":
         apply_leank(model, backend="triton")
     else:
@@ -98,11 +112,12 @@ def _switch(model: LlamaForCausalLM, method: str) -> None:
         model.set_attn_implementation("sdpa")
 
 
-def _new_cache(method: str, model: LlamaForCausalLM, masks: LeanKMasks) -> DynamicCache | LeanKCache:
-    return LeanKCache(masks, model.config) if method == "leank" else DynamicCache(config=model.config)
+def new_cache(method: str, model: LlamaForCausalLM, masks: LeanKMasks) -> DynamicCache | LeanKCache:
+    """An empty cache for `method`; a tensor-parallel model's LeanK cache keeps this rank's KV heads."""
+    return LeanKCache.for_model(model, masks) if method == "leank" else DynamicCache(config=model.config)
 
 
-def _cache_bytes(cache: DynamicCache | LeanKCache) -> int:
+def cache_bytes(cache: DynamicCache | LeanKCache) -> int:
     if isinstance(cache, LeanKCache):
         return cache.memory_footprint().allocated
     return sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers if layer.keys is not None)
@@ -118,10 +133,10 @@ def time_generate(
     model: LlamaForCausalLM, masks: LeanKMasks, method: str, batch: int, context: int, new_tokens: int
 ) -> GenerateResult:
     """Greedy `generate` of `new_tokens` after a random prompt of `context` tokens."""
-    _switch(model, method)
+    switch_attention(model, method)
     generator = torch.Generator(device="cuda").manual_seed(batch)
     prompt = torch.randint(1, model.config.vocab_size, (batch, context), device="cuda", generator=generator)
-    cache = _new_cache(method, model, masks)
+    cache = new_cache(method, model, masks)
     clock = _StepClock()
     _free()
     torch.cuda.reset_peak_memory_stats()
@@ -149,7 +164,7 @@ def time_generate(
         decode_ms_per_step=1e3 * decode_s / steps,
         peak_gib=max(torch.cuda.max_memory_allocated(), clock.decode_peak) / GIB,
         decode_peak_gib=clock.decode_peak / GIB,
-        cache_gib=_cache_bytes(cache) / GIB,
+        cache_gib=cache_bytes(cache) / GIB,
     )
     del cache
     _free()
@@ -159,21 +174,12 @@ def time_generate(
 @torch.inference_mode()
 def fits(model: LlamaForCausalLM, masks: LeanKMasks, method: str, batch: int, context: int) -> bool:
     """Whether a cache of `batch` rows x `context` random tokens fits, and two decode steps run on it."""
-    _switch(model, method)
+    switch_attention(model, method)
     config = model.config
     cache = None
     try:
-        cache = _new_cache(method, model, masks)
-        shape = (batch, config.num_key_value_heads, context, config.head_dim)
-        for index, layer in enumerate(cache.layers):
-            keys = torch.randn(shape, device="cuda", dtype=torch.bfloat16)
-            values = torch.randn_like(keys)
-            if isinstance(layer, LeanKLayer):
-                layer.update(keys, values)
-                layer.finish_prefill(None)
-            else:
-                cache.update(keys, values, index)
-            del keys, values
+        cache = new_cache(method, model, masks)
+        fill_random(cache, batch, context, config.num_key_value_heads, config.head_dim)
         token = torch.ones(batch, 1, dtype=torch.long, device="cuda")
         for _ in range(2):
             model(token, past_key_values=cache, logits_to_keep=1)
@@ -184,6 +190,20 @@ def fits(model: LlamaForCausalLM, masks: LeanKMasks, method: str, batch: int, co
     finally:
         del cache
         _free()
+
+
+def fill_random(cache: DynamicCache | LeanKCache, batch: int, context: int, num_kv_heads: int, head_dim: int) -> None:
+    """Fill every layer of an empty cache with `context` random bf16 tokens per row, as after a prompt (no pads)."""
+    shape = (batch, num_kv_heads, context, head_dim)
+    for index, layer in enumerate(cache.layers):
+        keys = torch.randn(shape, device="cuda", dtype=torch.bfloat16)
+        values = torch.randn_like(keys)
+        if isinstance(layer, LeanKLayer):
+            layer.update(keys, values)
+            layer.finish_prefill(None)
+        else:
+            cache.update(keys, values, index)
+        del keys, values
 
 
 def largest_batch(probe: Callable[[int], bool], start: int = 1, limit: int = 1024) -> int:
@@ -229,15 +249,7 @@ def run_generate_benchmark(
     """
     if not torch.cuda.is_available():
         raise LeanKUsageError("the generate benchmark needs a CUDA GPU, and torch sees none; run it on a GPU machine")
-    full = LeanKMasks.from_pretrained(MASK_ID)
-    masks = LeanKMasks(
-        full.mask[:num_layers],
-        base_model=full.base_model,
-        sink_size=full.sink_size,
-        recent_size=full.recent_size,
-        flush_size=full.flush_size,
-        align=full.align,
-    )
+    masks = llama_masks(num_layers)
     model = build_model(intermediate_size, vocab_size, num_layers)
     weights_gib = sum(p.numel() * p.element_size() for p in model.parameters()) / GIB
     for method in METHODS:  # load kernels and libraries outside the timed runs
