@@ -20,6 +20,7 @@ from .contract import FULL_ATTENTION, SLIDING_ATTENTION, ModelShape, Windows
 from .errors import LeanKUsageError, MaskError
 from .masks import LeanKMasks
 from .ops.decode_attention.layout import CompactKV, HeadLayout, StaticKV
+from .tensor_parallel import KVHeadShard, kv_head_shard
 
 # Tokens written to the middle region per `index_copy_`: bounds the index tensor on long prompts.
 _WRITE_CHUNK = 4096
@@ -184,9 +185,16 @@ class LeanKLayer(CacheLayerMixin):
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         batch, num_heads, _, head_dim = key_states.shape
         if (num_heads, head_dim) != tuple(self.host_layout.channels.shape):
+            sharded = torch.distributed.is_available() and torch.distributed.is_initialized()
             raise MaskError(
                 f"keys have {num_heads} KV heads of dim {head_dim} but the layer mask is "
                 f"{list(self.host_layout.channels.shape)}; use the mask made for this model"
+                + (
+                    " (a tensor-parallel model gives each rank its own KV heads: build the cache with "
+                    "`LeanKCache.for_model(model, masks)`)"
+                    if sharded
+                    else ""
+                )
             )
         self.dtype, self.device, self.batch = key_states.dtype, key_states.device, batch
         layout = self.layout = self.host_layout.to(self.device)
@@ -560,6 +568,9 @@ class LeanKCache(Cache):
             Most recent tokens kept with all channels. Defaults to the masks' `recent_size`.
         flush_size (`int`, *optional*):
             Tokens leave the recent window in chunks of this size. Defaults to the masks' `flush_size`.
+        kv_heads (`KVHeadShard`, *optional*):
+            The KV heads this rank holds in a tensor-parallel model: layers keep those rows of the mask. Set by
+            `LeanKCache.for_model`; `None` (all heads) otherwise.
 
     Example:
 
@@ -580,12 +591,15 @@ class LeanKCache(Cache):
         sink_size: int | None = None,
         recent_size: int | None = None,
         flush_size: int | None = None,
+        kv_heads: KVHeadShard | None = None,
     ):
         if not isinstance(masks, LeanKMasks):
             raise LeanKUsageError(f"`masks` must be a LeanKMasks, got {type(masks).__name__}")
         shape = ModelShape.from_config(config)
         shape.check_mask(masks.mask, made_for=masks.base_model)
         self.masks = masks
+        self.kv_heads = kv_heads
+        heads = slice(None) if kv_heads is None else slice(kv_heads.start, kv_heads.stop)
         self.windows = Windows(
             masks.sink_size if sink_size is None else sink_size,
             masks.recent_size if recent_size is None else recent_size,
@@ -601,7 +615,7 @@ class LeanKCache(Cache):
             if layer_type == FULL_ATTENTION:
                 layers.append(
                     LeanKLayer(
-                        masks.mask[index],
+                        masks.mask[index, heads],
                         sink_size=self.sink_size,
                         recent_size=self.recent_size,
                         flush_size=self.flush_size,
@@ -649,8 +663,46 @@ class LeanKCache(Cache):
         warn_if_made_for_another_model(masks, config)
         return cls(masks, config, sink_size=sink_size, recent_size=recent_size, flush_size=flush_size)
 
-    def memory_footprint(self) -> MemoryFootprint:
-        """Bytes per region (K/V x full/middle): allocated, used, and what a `DynamicCache` would hold."""
+    @classmethod
+    def for_model(
+        cls,
+        model: Any,
+        masks: LeanKMasks,
+        *,
+        sink_size: int | None = None,
+        recent_size: int | None = None,
+        flush_size: int | None = None,
+    ) -> LeanKCache:
+        """A cache for `model` as loaded: on one process as `LeanKCache(masks, model.config)`; under tensor
+        parallelism (`from_pretrained(..., tp_plan="auto")` under `torchrun`) with the mask rows of the KV heads this
+        rank holds, read from the model's sharded `k_proj` weights (`leank_hf.tensor_parallel.kv_head_shard`).
+
+        Args:
+            model (`PreTrainedModel`):
+                The model the cache is for.
+            masks (`LeanKMasks`):
+                The keep masks of the whole model (every rank passes the same masks).
+            sink_size, recent_size, flush_size (`int`, *optional*):
+                Override the masks' window sizes.
+
+        Raises:
+            `LeanKUsageError`: a sharding LeanK cannot follow (KV heads replicated or split unevenly).
+        """
+        return cls(
+            masks,
+            model.config,
+            sink_size=sink_size,
+            recent_size=recent_size,
+            flush_size=flush_size,
+            kv_heads=kv_head_shard(model),
+        )
+
+    def memory_footprint(self, all_ranks: bool = False) -> MemoryFootprint:
+        """Bytes per region (K/V x full/middle): allocated, used, and what a `DynamicCache` would hold.
+
+        Under tensor parallelism the bytes are this rank's (its KV heads only); `all_ranks=True` sums them over the
+        tensor-parallel ranks, which is a collective: every rank must call it. On one process it changes nothing.
+        """
         total = MemoryFootprint()
         for layer in self.layers:
             if isinstance(layer, LeanKLayer):
@@ -659,4 +711,8 @@ class LeanKCache(Cache):
                 keys = RegionBytes(layer.keys.nbytes, layer.keys.nbytes, layer.keys.nbytes)
                 values = RegionBytes(layer.values.nbytes, layer.values.nbytes, layer.values.nbytes)
                 total = total + MemoryFootprint({**MemoryFootprint().regions, "keys/full": keys, "values/full": values})
-        return total
+        if not all_ranks or self.kv_heads is None:
+            return total
+        fields = ("allocated", "used", "dense")
+        summed = iter(self.kv_heads.sum_over_ranks([getattr(total.regions[n], f) for n in REGIONS for f in fields]))
+        return MemoryFootprint({name: RegionBytes(*(next(summed) for _ in fields)) for name in REGIONS})

@@ -44,7 +44,7 @@ from .kernel import copy_bandwidth_gbps
 MASK_ID = "meta-llama/Llama-3.1-8B-Instruct"
 METHODS = ("sdpa", "static_compiled", "leank", "leank_static_compiled")
 COMPILED = ("static_compiled", "leank_static_compiled")
-# The largest-batch search fills caches by hand, which only the dynamic caches support.
+# Dynamic caches: the largest-batch search (which fills caches by hand) and the tensor-parallel benchmark use these.
 SEARCHED = ("sdpa", "leank")
 GIB = 2**30
 
@@ -109,7 +109,21 @@ def build_model(intermediate_size: int, vocab_size: int, num_layers: int) -> Lla
     return model
 
 
-def _switch(model: LlamaForCausalLM, method: str) -> None:
+def llama_masks(num_layers: int) -> LeanKMasks:
+    """The first `num_layers` layers of the bundled Llama-3.1-8B-Instruct mask, with its windows."""
+    full = LeanKMasks.from_pretrained(MASK_ID)
+    return LeanKMasks(
+        full.mask[:num_layers],
+        base_model=full.base_model,
+        sink_size=full.sink_size,
+        recent_size=full.recent_size,
+        flush_size=full.flush_size,
+        align=full.align,
+    )
+
+
+def switch_attention(model: LlamaForCausalLM, method: str) -> None:
+    """Switch `model` to `method`'s attention: LeanK methods the Triton kernel, the others sdpa."""
     if method.startswith("leank"):
         apply_leank(model, backend="triton")
     else:
@@ -117,18 +131,20 @@ def _switch(model: LlamaForCausalLM, method: str) -> None:
         model.set_attn_implementation("sdpa")
 
 
-def _new_cache(method: str, model: LlamaForCausalLM, masks: LeanKMasks, max_cache_len: int) -> Any:
+def new_cache(method: str, model: LlamaForCausalLM, masks: LeanKMasks, max_cache_len: int = 0) -> Any:
+    """An empty cache for `method` (static ones hold `max_cache_len` slots); a tensor-parallel model's LeanK cache
+    keeps this rank's KV heads."""
     config = model.config
     if method == "static_compiled":
         return StaticCache(config=config, max_cache_len=max_cache_len)
     if method == "leank":
-        return LeanKCache(masks, config)
+        return LeanKCache.for_model(model, masks)
     if method == "leank_static_compiled":
         return LeanKStaticCache(masks, config, max_cache_len=max_cache_len)
     return DynamicCache(config=config)
 
 
-def _cache_bytes(cache: Any) -> tuple[int, int]:
+def cache_bytes(cache: Any) -> tuple[int, int]:
     """`(allocated, read per decode step)` bytes of a cache after generation."""
     if isinstance(cache, LeanKCache | LeanKStaticCache):
         footprint = cache.memory_footprint()
@@ -167,10 +183,10 @@ def time_generate(
     copy_gbps: float = float("inf"),
 ) -> GenerateResult:
     """Greedy `generate` of `new_tokens` after a random prompt of `context` tokens."""
-    _switch(model, method)
+    switch_attention(model, method)
     generator = torch.Generator(device="cuda").manual_seed(batch)
     prompt = torch.randint(1, model.config.vocab_size, (batch, context), device="cuda", generator=generator)
-    cache = _new_cache(method, model, masks, context + new_tokens)
+    cache = new_cache(method, model, masks, context + new_tokens)
     if method in COMPILED:  # compile and record the decode step on this cache, then start over on it
         _generate(model, prompt[:, : min(context, 1024)], cache, 4, _StepClock())
         cache.reset()
@@ -183,7 +199,7 @@ def time_generate(
     torch.cuda.synchronize()
     steps = len(clock.times) - 1
     decode_s = clock.times[-1] - clock.times[0]
-    allocated, read = _cache_bytes(cache)
+    allocated, read = cache_bytes(cache)
     result = GenerateResult(
         method=method,
         batch=batch,
@@ -206,21 +222,12 @@ def time_generate(
 @torch.inference_mode()
 def fits(model: LlamaForCausalLM, masks: LeanKMasks, method: str, batch: int, context: int) -> bool:
     """Whether a cache of `batch` rows x `context` random tokens fits, and two decode steps run on it."""
-    _switch(model, method)
+    switch_attention(model, method)
     config = model.config
     cache = None
     try:
-        cache = _new_cache(method, model, masks, context)
-        shape = (batch, config.num_key_value_heads, context, config.head_dim)
-        for index, layer in enumerate(cache.layers):
-            keys = torch.randn(shape, device="cuda", dtype=torch.bfloat16)
-            values = torch.randn_like(keys)
-            if isinstance(layer, LeanKLayer):
-                layer.update(keys, values)
-                layer.finish_prefill(None)
-            else:
-                cache.update(keys, values, index)
-            del keys, values
+        cache = new_cache(method, model, masks, context)
+        fill_random(cache, batch, context, config.num_key_value_heads, config.head_dim)
         token = torch.ones(batch, 1, dtype=torch.long, device="cuda")
         for _ in range(2):
             model(token, past_key_values=cache, logits_to_keep=1)
@@ -231,6 +238,20 @@ def fits(model: LlamaForCausalLM, masks: LeanKMasks, method: str, batch: int, co
     finally:
         del cache
         _free()
+
+
+def fill_random(cache: DynamicCache | LeanKCache, batch: int, context: int, num_kv_heads: int, head_dim: int) -> None:
+    """Fill every layer of an empty cache with `context` random bf16 tokens per row, as after a prompt (no pads)."""
+    shape = (batch, num_kv_heads, context, head_dim)
+    for index, layer in enumerate(cache.layers):
+        keys = torch.randn(shape, device="cuda", dtype=torch.bfloat16)
+        values = torch.randn_like(keys)
+        if isinstance(layer, LeanKLayer):
+            layer.update(keys, values)
+            layer.finish_prefill(None)
+        else:
+            cache.update(keys, values, index)
+        del keys, values
 
 
 def largest_batch(probe: Callable[[int], bool], start: int = 1, limit: int = 1024) -> int:
@@ -282,15 +303,7 @@ def run_generate_benchmark(
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
         raise LeanKUsageError(f"unknown methods {unknown}; choose from {list(METHODS)}")
-    full = LeanKMasks.from_pretrained(MASK_ID)
-    masks = LeanKMasks(
-        full.mask[:num_layers],
-        base_model=full.base_model,
-        sink_size=full.sink_size,
-        recent_size=full.recent_size,
-        flush_size=full.flush_size,
-        align=full.align,
-    )
+    masks = llama_masks(num_layers)
     model = build_model(intermediate_size, vocab_size, num_layers)
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     copy_gbps = copy_bandwidth_gbps()

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Tensor-parallel GPU run (issue 15): LeanK under tp_plan="auto" on 2 GPUs (NCCL) against one GPU, then decode speed
+# and per-GPU memory of DynamicCache + sdpa and LeanKCache + Triton under TP 2, all under $OUT.
+#
+#   OUT=/path/to/results bash benchmarks/tp_gpu_run.sh      # from the repository root, on a machine with 2 CUDA GPUs
+#
+# Needs torch, triton, transformers, safetensors and huggingface_hub already installed; uses the source tree through
+# PYTHONPATH (no install, no network: the Llama mask is the bundled copy). The random model (Llama-3.1-8B's attention
+# shape, $LAYERS layers, bf16) is saved under $WORK. Every stage has a time limit; the whole script stays under
+# 9 minutes (limits 20 + 150 + 150 + 210 s). Stages and their code: leank_hf/benchmarks/generate_tp.py.
+set -uo pipefail
+
+OUT=${OUT:-benchmarks/results/gpu_tp}
+if [ -z "${WORK:-}" ]; then  # the saved model (4 GB at 8 layers) goes away with the run unless WORK is given
+    WORK=$(mktemp -d)
+    trap 'rm -rf "$WORK"' EXIT
+fi
+LAYERS=${LAYERS:-8}
+mkdir -p "$OUT" "$WORK"
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONUNBUFFERED=1
+export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
+# NVLink SHARP / multicast stays off for NCCL, torch's symmetric memory and NVSHMEM.
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}
+PYTHON=${PYTHON:-python3}
+TORCHRUN=("$PYTHON" -m torch.distributed.run --standalone --nproc_per_node 2)
+: >"$OUT/stages.txt"
+
+# stage NAME LIMIT_SECONDS COMMAND...: run with a time limit, log to $OUT/NAME.log, record rc and duration.
+stage() {
+    local name=$1 limit=$2
+    shift 2
+    echo "=== $name (limit ${limit}s): $*"
+    local t0=$SECONDS
+    timeout --signal=INT --kill-after=5 "$limit" "$@" 2>&1 | tee "$OUT/$name.log"
+    local rc=${PIPESTATUS[0]}
+    echo "$name: rc=$rc, $((SECONDS - t0)) s" | tee -a "$OUT/stages.txt"
+}
+
+stage env 20 bash -c "nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+nvidia-smi topo -m || true
+$PYTHON -c 'import sys, torch, triton, transformers; print(sys.version.split()[0], \"torch\", torch.__version__, \"triton\", triton.__version__, \"transformers\", transformers.__version__, torch.cuda.device_count(), \"GPUs\")'
+git rev-parse --short HEAD 2>/dev/null || true"
+
+# One GPU: save the random model, and greedy / left-padded-batch outputs of DynamicCache + sdpa and LeanK + Triton.
+stage reference 150 env CUDA_VISIBLE_DEVICES=0 "$PYTHON" -m leank_hf.benchmarks.generate_tp reference "$WORK" \
+    --layers "$LAYERS"
+
+# TP 2: the same cases with tp_plan="auto" and LeanKCache.for_model, compared with the one-GPU outputs (tp_check).
+stage check 150 "${TORCHRUN[@]}" -m leank_hf.benchmarks.generate_tp check "$WORK" "$OUT"
+
+# TP 2: decode tok/s and per-GPU peak memory at 32K and 128K tokens, batch 1 and 8, both methods (tp_decode).
+stage bench 210 "${TORCHRUN[@]}" -m leank_hf.benchmarks.generate_tp bench "$WORK" "$OUT" \
+    --contexts 32k,128k --batches 1,8 --steps 16
+
+echo
+echo "=== stages"
+cat "$OUT/stages.txt"
+for table in tp_check tp_decode; do
+    if [ -f "$OUT/$table.md" ]; then
+        echo
+        cat "$OUT/$table.md"
+    fi
+done
