@@ -583,6 +583,8 @@ class LeanKCache(Cache):
     ```
     """
 
+    _CACHE_ARGUMENTS: tuple[str, ...] = ("sink_size", "recent_size", "flush_size")
+
     def __init__(
         self,
         masks: LeanKMasks,
@@ -613,34 +615,26 @@ class LeanKCache(Cache):
         layers: list[CacheLayerMixin] = []
         for index, layer_type in enumerate(shape.layer_types):
             if layer_type == FULL_ATTENTION:
-                layers.append(
-                    LeanKLayer(
-                        masks.mask[index, heads],
-                        sink_size=self.sink_size,
-                        recent_size=self.recent_size,
-                        flush_size=self.flush_size,
-                    )
-                )
+                layers.append(self._full_attention_layer(masks.mask[index, heads]))
             elif layer_type == SLIDING_ATTENTION:
-                layers.append(DynamicSlidingWindowLayer(sliding_window=shape.sliding_window))
+                layers.append(self._sliding_layer(shape.sliding_window))
             else:
                 raise LeanKUsageError(
-                    f"layer {index} is a {layer_type!r} layer, which LeanKCache does not support: it prunes "
-                    "'full_attention' layers and leaves 'sliding_attention' layers to transformers"
+                    f"layer {index} is a {layer_type!r} layer, which {type(self).__name__} does not support: it "
+                    "prunes 'full_attention' layers and leaves 'sliding_attention' layers to transformers"
                 )
         super().__init__(layers=layers)
 
+    def _full_attention_layer(self, layer_mask: torch.Tensor) -> CacheLayerMixin:
+        return LeanKLayer(
+            layer_mask, sink_size=self.sink_size, recent_size=self.recent_size, flush_size=self.flush_size
+        )
+
+    def _sliding_layer(self, sliding_window: int) -> CacheLayerMixin:
+        return DynamicSlidingWindowLayer(sliding_window=sliding_window)
+
     @classmethod
-    def from_pretrained(
-        cls,
-        mask_repo: str | os.PathLike,
-        *,
-        config: Any,
-        sink_size: int | None = None,
-        recent_size: int | None = None,
-        flush_size: int | None = None,
-        **hub_kwargs: Any,
-    ) -> LeanKCache:
+    def from_pretrained(cls, mask_repo: str | os.PathLike, *, config: Any, **kwargs: Any) -> LeanKCache:
         """Load masks with `LeanKMasks.from_pretrained(mask_repo, **hub_kwargs)` and build a cache for `config`.
 
         A model's own folder or repo id finds masks saved in its `leank/` subfolder. Warns when the masks were
@@ -651,29 +645,22 @@ class LeanKCache(Cache):
                 Local folder, bundled mask's base model id, or Hub repo id of the masks or of the model.
             config (`PreTrainedConfig`):
                 The model's config.
-            sink_size, recent_size, flush_size (`int`, *optional*):
-                Override the masks' window sizes.
-            hub_kwargs:
-                `subfolder`, `revision`, and `huggingface_hub.hf_hub_download`'s keyword arguments (`cache_dir`,
-                `token`, `local_files_only`, `force_download`, `repo_type`, ...).
+            kwargs:
+                The cache's own keyword arguments (`sink_size`, `recent_size`, `flush_size`; `max_cache_len` for
+                `LeanKStaticCache`); the others are Hub arguments: `subfolder`, `revision`, and
+                `huggingface_hub.hf_hub_download`'s (`cache_dir`, `token`, `local_files_only`, `force_download`,
+                `repo_type`, ...).
         """
         from .hub import warn_if_made_for_another_model
 
-        masks = LeanKMasks.from_pretrained(mask_repo, **hub_kwargs)
+        cache_kwargs = {name: kwargs.pop(name) for name in cls._CACHE_ARGUMENTS if name in kwargs}
+        masks = LeanKMasks.from_pretrained(mask_repo, **kwargs)
         warn_if_made_for_another_model(masks, config)
-        return cls(masks, config, sink_size=sink_size, recent_size=recent_size, flush_size=flush_size)
+        return cls(masks, config, **cache_kwargs)
 
     @classmethod
-    def for_model(
-        cls,
-        model: Any,
-        masks: LeanKMasks,
-        *,
-        sink_size: int | None = None,
-        recent_size: int | None = None,
-        flush_size: int | None = None,
-    ) -> LeanKCache:
-        """A cache for `model` as loaded: on one process as `LeanKCache(masks, model.config)`; under tensor
+    def for_model(cls, model: Any, masks: LeanKMasks, **cache_kwargs: Any) -> LeanKCache:
+        """A cache for `model` as loaded: on one process as `cls(masks, model.config, **cache_kwargs)`; under tensor
         parallelism (`from_pretrained(..., tp_plan="auto")` under `torchrun`) with the mask rows of the KV heads this
         rank holds, read from the model's sharded `k_proj` weights (`leank_hf.tensor_parallel.kv_head_shard`).
 
@@ -682,20 +669,13 @@ class LeanKCache(Cache):
                 The model the cache is for.
             masks (`LeanKMasks`):
                 The keep masks of the whole model (every rank passes the same masks).
-            sink_size, recent_size, flush_size (`int`, *optional*):
-                Override the masks' window sizes.
+            cache_kwargs:
+                The cache's own keyword arguments (windows; `max_cache_len` for `LeanKStaticCache`).
 
         Raises:
             `LeanKUsageError`: a sharding LeanK cannot follow (KV heads replicated or split unevenly).
         """
-        return cls(
-            masks,
-            model.config,
-            sink_size=sink_size,
-            recent_size=recent_size,
-            flush_size=flush_size,
-            kv_heads=kv_head_shard(model),
-        )
+        return cls(masks, model.config, kv_heads=kv_head_shard(model), **cache_kwargs)
 
     def memory_footprint(self, all_ranks: bool = False) -> MemoryFootprint:
         """Bytes per region (K/V x full/middle): allocated, used, and what a `DynamicCache` would hold.
@@ -705,7 +685,7 @@ class LeanKCache(Cache):
         """
         total = MemoryFootprint()
         for layer in self.layers:
-            if isinstance(layer, LeanKLayer):
+            if hasattr(layer, "memory_footprint"):  # LeanK layers
                 total = total + layer.memory_footprint()
             elif layer.is_initialized and layer.keys is not None:
                 keys = RegionBytes(layer.keys.nbytes, layer.keys.nbytes, layer.keys.nbytes)

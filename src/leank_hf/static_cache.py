@@ -10,17 +10,17 @@ synchronisation and no Python branch on a length, so `generate()` auto-compiles 
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import torch
-from transformers.cache_utils import Cache, CacheLayerMixin, StaticSlidingWindowLayer
+from transformers.cache_utils import CacheLayerMixin, StaticSlidingWindowLayer
 
-from .cache import LeanKStates, MemoryFootprint, PrefillKV, RegionBytes
-from .contract import FULL_ATTENTION, SLIDING_ATTENTION, ModelShape, Windows
+from .cache import LeanKCache, LeanKStates, MemoryFootprint, PrefillKV, RegionBytes
+from .contract import Windows
 from .errors import LeanKUsageError, MaskError
 from .masks import LeanKMasks
 from .ops.decode_attention.layout import CompactKV, HeadLayout, StaticKV
+from .tensor_parallel import KVHeadShard
 
 
 class LeanKStaticLayer(CacheLayerMixin):
@@ -334,19 +334,22 @@ class LeanKStaticLayer(CacheLayerMixin):
         )
 
 
-class LeanKStaticCache(Cache):
+class LeanKStaticCache(LeanKCache):
     """A LeanK cache preallocated for `max_cache_len` tokens, which `torch.compile` and CUDA graphs capture.
 
     Same semantics as `LeanKCache` (a model switched with `apply_leank`; prompt exact, later tokens read the middle
     with kept channels only); every layer is compileable, so `model.generate(..., past_key_values=cache)`
     auto-compiles the decode step on CUDA, and `torch.compile(model.forward, mode="reduce-overhead", fullgraph=True)`
-    captures it. Sliding-window layers of mixed models are transformers' `StaticSlidingWindowLayer`.
+    captures it. Sliding-window layers of mixed models are transformers' `StaticSlidingWindowLayer`. The prompt must
+    come in one forward (chunked prefill is refused; `LeanKCache` attends it exactly); later multi-token forwards (a
+    new turn) run eagerly. `from_pretrained` and `for_model` (tensor parallelism) work as for `LeanKCache`.
 
     Args:
         masks (`LeanKMasks`): the keep masks of this model.
         config (`PreTrainedConfig`): the model's config; checked against the masks.
         max_cache_len (`int`): most slots per row (left pads, prompt and new tokens).
         sink_size, recent_size, flush_size (`int`, *optional*): override the masks' windows.
+        kv_heads (`KVHeadShard`, *optional*): this rank's KV heads under tensor parallelism (set by `for_model`).
 
     Example:
 
@@ -355,6 +358,8 @@ class LeanKStaticCache(Cache):
     >>> output = apply_leank(model).generate(**inputs, past_key_values=cache, max_new_tokens=256)
     ```
     """
+
+    _CACHE_ARGUMENTS = (*LeanKCache._CACHE_ARGUMENTS, "max_cache_len")
 
     def __init__(
         self,
@@ -365,71 +370,22 @@ class LeanKStaticCache(Cache):
         sink_size: int | None = None,
         recent_size: int | None = None,
         flush_size: int | None = None,
+        kv_heads: KVHeadShard | None = None,
     ):
-        if not isinstance(masks, LeanKMasks):
-            raise LeanKUsageError(f"`masks` must be a LeanKMasks, got {type(masks).__name__}")
         if not isinstance(max_cache_len, int) or isinstance(max_cache_len, bool) or max_cache_len < 1:
             raise LeanKUsageError(f"`max_cache_len` must be an int >= 1, got {max_cache_len!r}")
-        shape = ModelShape.from_config(config)
-        shape.check_mask(masks.mask, made_for=masks.base_model)
-        self.masks = masks
-        self.windows = Windows(
-            masks.sink_size if sink_size is None else sink_size,
-            masks.recent_size if recent_size is None else recent_size,
-            masks.flush_size if flush_size is None else flush_size,
-        )
-        layers: list[CacheLayerMixin] = []
-        for index, layer_type in enumerate(shape.layer_types):
-            if layer_type == FULL_ATTENTION:
-                layers.append(LeanKStaticLayer(masks.mask[index], windows=self.windows, max_cache_len=max_cache_len))
-            elif layer_type == SLIDING_ATTENTION:
-                layers.append(
-                    StaticSlidingWindowLayer(max_cache_len=max_cache_len, sliding_window=shape.sliding_window)
-                )
-            else:
-                raise LeanKUsageError(
-                    f"layer {index} is a {layer_type!r} layer, which LeanKStaticCache does not support: it prunes "
-                    "'full_attention' layers and leaves 'sliding_attention' layers to transformers"
-                )
         self._max_cache_len = max_cache_len
-        super().__init__(layers=layers)
+        super().__init__(
+            masks, config, sink_size=sink_size, recent_size=recent_size, flush_size=flush_size, kv_heads=kv_heads
+        )
 
     @property
     def max_cache_len(self) -> int:
         """Most slots per row the cache holds."""
         return self._max_cache_len
 
-    @classmethod
-    def from_pretrained(
-        cls,
-        mask_repo: str | os.PathLike,
-        *,
-        config: Any,
-        max_cache_len: int,
-        sink_size: int | None = None,
-        recent_size: int | None = None,
-        flush_size: int | None = None,
-        **hub_kwargs: Any,
-    ) -> LeanKStaticCache:
-        """Load masks with `LeanKMasks.from_pretrained(mask_repo, **hub_kwargs)` and build a cache for `config`."""
-        masks = LeanKMasks.from_pretrained(mask_repo, **hub_kwargs)
-        return cls(
-            masks,
-            config,
-            max_cache_len=max_cache_len,
-            sink_size=sink_size,
-            recent_size=recent_size,
-            flush_size=flush_size,
-        )
+    def _full_attention_layer(self, layer_mask: torch.Tensor) -> CacheLayerMixin:
+        return LeanKStaticLayer(layer_mask, windows=self.windows, max_cache_len=self._max_cache_len)
 
-    def memory_footprint(self) -> MemoryFootprint:
-        """Bytes per region (K/V x full/middle): allocated, used, and what a `DynamicCache` would hold."""
-        total = MemoryFootprint()
-        for layer in self.layers:
-            if isinstance(layer, LeanKStaticLayer):
-                total = total + layer.memory_footprint()
-            elif layer.is_initialized:
-                keys = RegionBytes(layer.keys.nbytes, layer.keys.nbytes, layer.keys.nbytes)
-                values = RegionBytes(layer.values.nbytes, layer.values.nbytes, layer.values.nbytes)
-                total = total + MemoryFootprint({**MemoryFootprint().regions, "keys/full": keys, "values/full": values})
-        return total
+    def _sliding_layer(self, sliding_window: int) -> CacheLayerMixin:
+        return StaticSlidingWindowLayer(max_cache_len=self._max_cache_len, sliding_window=sliding_window)
