@@ -337,7 +337,7 @@ def test_prompt_stays_dense_until_it_ends(end: str) -> None:
     a single-token update, a crop (`crop(0)` too) or a batch reorder compacts it."""
     mask, pad = _layer_mask(), torch.tensor([0, 3])
     keys = torch.randn(2, 5, 40, 32)
-    layer = LeanKLayer(mask, sink_size=SINK, recent_size=RECENT, flush_size=FLUSH)
+    layer = LeanKLayer(mask, sink_size=SINK, recent_size=RECENT, flush_size=FLUSH, keep_prompt_dense=True)
     for start, stop in ((0, 16), (16, 30), (30, 37)):
         states, _ = layer.update(keys[:, :, start:stop], keys[:, :, start:stop])
         torch.testing.assert_close(states.payload.keys, keys[:, :, :stop], rtol=0, atol=0)

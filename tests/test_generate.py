@@ -45,7 +45,8 @@ def _generate_pair(model, masks, inputs: dict, seed: int = 0, **kwargs):
     apply_leank(model)
     try:
         torch.manual_seed(seed)
-        actual = model.generate(**inputs, past_key_values=LeanKCache(masks, model.config), **kwargs)
+        cache = LeanKCache(masks, model.config, chunked_prefill="prefill_chunk_size" in kwargs)
+        actual = model.generate(**inputs, past_key_values=cache, **kwargs)
     finally:
         revert_leank(model)
     return expected, actual
@@ -316,7 +317,8 @@ def _generate_exact(model, masks, inputs: dict, **kwargs):
     expected = model.generate(**inputs, past_key_values=DynamicCache(config=model.config), **kwargs)
     apply_leank(model)
     try:
-        actual = model.generate(**inputs, past_key_values=LeanKCache(masks, model.config), **kwargs)
+        cache = LeanKCache(masks, model.config, chunked_prefill="prefill_chunk_size" in kwargs)
+        actual = model.generate(**inputs, past_key_values=cache, **kwargs)
     finally:
         revert_leank(model)
     return expected, actual
@@ -363,7 +365,7 @@ def test_chunked_prefill_is_exact(family: str, chunk: int) -> None:
     kwargs = {"max_new_tokens": 6, "do_sample": False, "output_logits": True, "return_dict_in_generate": True}
     apply_leank(model)
     whole = model.generate(**inputs, past_key_values=LeanKCache(masks, model.config), **kwargs)
-    cache = LeanKCache(masks, model.config)
+    cache = LeanKCache(masks, model.config, chunked_prefill=True)
     chunked = model.generate(**inputs, past_key_values=cache, prefill_chunk_size=chunk, **kwargs)
     revert_leank(model)
     torch.testing.assert_close(chunked.logits[0], whole.logits[0], rtol=0, atol=ATOL)
@@ -371,6 +373,23 @@ def test_chunked_prefill_is_exact(family: str, chunk: int) -> None:
     exact = model.generate(**inputs, past_key_values=DynamicCache(config=model.config), **kwargs)
     torch.testing.assert_close(chunked.logits[0], exact.logits[0], rtol=0, atol=ATOL)
     _assert_same_generation(*_generate_pair(model, masks, inputs, do_sample=False, prefill_chunk_size=chunk))
+
+
+def test_chunked_prefill_without_the_option_is_refused_and_the_prompt_compacts_at_once() -> None:
+    """By default each layer compacts its prompt right after attending it (peak memory stays LeanK's), so a forward
+    that continues the prompt cannot be exact: it is refused, naming the option."""
+    model = tiny_model("llama")
+    masks = _masks(model)
+    inputs = _left_padded((40, 31))
+    apply_leank(model)
+    try:
+        cache = LeanKCache(masks, model.config)
+        model(**inputs, past_key_values=cache)
+        assert all(layer._prompt is None and layer.num_mid > 0 for layer in cache.layers)
+        with pytest.raises(LeanKUsageError, match=r"chunked_prefill=True"):
+            model.generate(**inputs, past_key_values=LeanKCache(masks, model.config), prefill_chunk_size=16)
+    finally:
+        revert_leank(model)
 
 
 def test_chunked_prefill_with_all_channels_equals_dynamic_cache_with_sdpa() -> None:

@@ -29,6 +29,12 @@ _WRITE_CHUNK = 4096
 _GROWTH = 0.25
 _MAX_GROWTH = 16
 
+_CHUNKED_PREFILL = (
+    "this forward continues a prompt that no decode step followed (chunked prefill, e.g. "
+    "`generate(prefill_chunk_size=...)`), but the LeanKCache already compacted the prompt; build it with "
+    "`LeanKCache(..., chunked_prefill=True)` to attend chunked prompts exactly (the prompt then stays dense until the "
+    "first decode step, at a DynamicCache's peak memory), or feed the prompt in one forward"
+)
 _NOT_SWITCHED = (
     "this model's attention received the compact keys of a LeanKCache, which only the LeanK attention can read; "
     "call `leank_hf.apply_leank(model)` before generating with a LeanKCache"
@@ -139,12 +145,12 @@ class MemoryFootprint:
 class LeanKLayer(CacheLayerMixin):
     """One full-attention layer of a `LeanKCache`.
 
-    The prompt is the first `update` and every multi-token `update` that directly follows it (the chunks of
-    `generate(prefill_chunk_size=...)`): the layer keeps it dense and returns the dense keys for exact attention,
-    after which the LeanK attention calls `prompt_attended` with each row's left-pad count. The first single-token
-    `update`, or any `crop` (also `crop(0)`), batch reorder or selection, ends the prompt: the layer compacts it
-    (`finish_prefill`). Every later `update` returns a `CompactKV` (wrapped in `LeanKStates`). Tensors live on the
-    device and in the dtype of the first keys.
+    The first `update` is the prompt: the layer returns its dense keys for exact attention, after which the LeanK
+    attention calls `prompt_attended` with each row's left-pad count, and the layer compacts it right away. With
+    `keep_prompt_dense=True` (chunked prefill) every multi-token `update` that directly follows extends the prompt,
+    which stays dense until the first single-token `update`, `crop` (also `crop(0)`), batch reorder or selection;
+    without it such an update is refused (it would read a compacted prompt). Every later `update` returns a
+    `CompactKV` (wrapped in `LeanKStates`). Tensors live on the device and in the dtype of the first keys.
 
     Args:
         layer_mask (`torch.Tensor`):
@@ -155,6 +161,8 @@ class LeanKLayer(CacheLayerMixin):
             Most recent tokens kept with all channels (plus up to `flush_size - 1` waiting for the next flush).
         flush_size (`int`):
             Tokens leave the recent window in chunks of this size.
+        keep_prompt_dense (`bool`, *optional*, defaults to `False`):
+            Keep the prompt dense until decoding starts, so a prompt fed in chunks is attended exactly.
     """
 
     is_compileable = False
@@ -162,8 +170,17 @@ class LeanKLayer(CacheLayerMixin):
     # Removing the tokens of the last update always works (after the prompt: up to `flush_size` of them); see `crop`.
     is_croppable = True
 
-    def __init__(self, layer_mask: torch.Tensor, *, sink_size: int, recent_size: int, flush_size: int):
+    def __init__(
+        self,
+        layer_mask: torch.Tensor,
+        *,
+        sink_size: int,
+        recent_size: int,
+        flush_size: int,
+        keep_prompt_dense: bool = False,
+    ):
         super().__init__()
+        self.keep_prompt_dense = keep_prompt_dense
         self.host_layout = HeadLayout.from_mask(layer_mask)
         self.windows = Windows(sink_size, recent_size, flush_size)
         self.sink_size, self.recent_size, self.flush_size = sink_size, recent_size, flush_size
@@ -180,6 +197,7 @@ class LeanKLayer(CacheLayerMixin):
         self._pad_bound = 0  # Python upper bound of `pad`, so sink writes need no device sync
         self._prompt: PrefillKV | None = None  # the dense prompt, until it is compacted
         self._pending = False  # the last prompt update has not been attended yet
+        self._decoding = False  # a single-token update, crop or batch change came after the prompt
 
     # ------------------------------------------------------------------ setup
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
@@ -237,9 +255,12 @@ class LeanKLayer(CacheLayerMixin):
                 f"a LeanKCache holding batch size {self.batch} got keys of batch size {key_states.shape[0]}; "
                 "use a fresh cache (or `cache.reset()`) for a new batch"
             )
+        if key_states.shape[2] > 1 and not self._decoding:
+            if self._prompt is None:
+                raise LeanKUsageError(_CHUNKED_PREFILL)
+            return self._extend_prompt(key_states, value_states)
+        self._decoding = True
         if self._prompt is not None:
-            if key_states.shape[2] > 1:
-                return self._extend_prompt(key_states, value_states)
             self._compact()
         states = LeanKStates(self._append(key_states, value_states))
         return states, states
@@ -267,6 +288,8 @@ class LeanKLayer(CacheLayerMixin):
         else:
             self.pad = pad.to(device=self.device, dtype=torch.int64)
             self._pad_bound = self.length - 1  # a row keeps at least its last token
+        if not self.keep_prompt_dense:
+            self._compact()
 
     def finish_prefill(self, pad: torch.Tensor | None) -> None:
         """Record `pad` (as `prompt_attended`) and compact the dense prompt now.
@@ -275,7 +298,8 @@ class LeanKLayer(CacheLayerMixin):
         to build a compact cache without running attention.
         """
         self.prompt_attended(pad)
-        self._compact()
+        if self._prompt is not None:
+            self._compact()
 
     def _compact(self) -> None:
         """Store the dense prompt in the sink, middle and recent regions, and drop it."""
@@ -455,6 +479,7 @@ class LeanKLayer(CacheLayerMixin):
         if self.length == 0:
             return
         self._check_no_pending("crop")
+        self._decoding = True
         length = self.length + tokens_to_remove
         if length <= 0:
             self.reset()
@@ -492,6 +517,7 @@ class LeanKLayer(CacheLayerMixin):
         if self.length == 0:
             return
         self._check_no_pending("change the batch of")
+        self._decoding = True
         if self._prompt is not None:
             self._compact()
         for name in ("full_keys", "full_values", "mid_keys", "mid_values", "pad"):
@@ -571,6 +597,10 @@ class LeanKCache(Cache):
         kv_heads (`KVHeadShard`, *optional*):
             The KV heads this rank holds in a tensor-parallel model: layers keep those rows of the mask. Set by
             `LeanKCache.for_model`; `None` (all heads) otherwise.
+        chunked_prefill (`bool`, *optional*, defaults to `False`):
+            Attend a prompt fed in several forwards (`generate(prefill_chunk_size=...)`) exactly: each layer keeps
+            the prompt dense until the first decode step, so peak memory is a `DynamicCache`'s for the prompt. Without
+            it each layer compacts its prompt right after attending it, and a forward continuing the prompt is refused.
 
     Example:
 
@@ -583,7 +613,7 @@ class LeanKCache(Cache):
     ```
     """
 
-    _CACHE_ARGUMENTS: tuple[str, ...] = ("sink_size", "recent_size", "flush_size")
+    _CACHE_ARGUMENTS: tuple[str, ...] = ("sink_size", "recent_size", "flush_size", "chunked_prefill")
 
     def __init__(
         self,
@@ -594,7 +624,9 @@ class LeanKCache(Cache):
         recent_size: int | None = None,
         flush_size: int | None = None,
         kv_heads: KVHeadShard | None = None,
+        chunked_prefill: bool = False,
     ):
+        self.chunked_prefill = chunked_prefill
         if not isinstance(masks, LeanKMasks):
             raise LeanKUsageError(f"`masks` must be a LeanKMasks, got {type(masks).__name__}")
         shape = ModelShape.from_config(config)
@@ -627,7 +659,11 @@ class LeanKCache(Cache):
 
     def _full_attention_layer(self, layer_mask: torch.Tensor) -> CacheLayerMixin:
         return LeanKLayer(
-            layer_mask, sink_size=self.sink_size, recent_size=self.recent_size, flush_size=self.flush_size
+            layer_mask,
+            sink_size=self.sink_size,
+            recent_size=self.recent_size,
+            flush_size=self.flush_size,
+            keep_prompt_dense=self.chunked_prefill,
         )
 
     def _sliding_layer(self, sliding_window: int) -> CacheLayerMixin:

@@ -359,7 +359,7 @@ class LeanKStaticCache(LeanKCache):
     ```
     """
 
-    _CACHE_ARGUMENTS = (*LeanKCache._CACHE_ARGUMENTS, "max_cache_len")
+    _CACHE_ARGUMENTS = ("sink_size", "recent_size", "flush_size", "max_cache_len")
 
     def __init__(
         self,
