@@ -52,10 +52,17 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, list[dict]]:
 
 @pytest.mark.parametrize(
     "case, expected",
-    [("greedy", "greedy"), ("padded", "padded"), ("multi_turn", "multi_turn"), ("triton_greedy", "greedy")],
+    [
+        ("greedy", "greedy"),
+        ("padded", "padded"),
+        ("multi_turn", "multi_turn"),
+        ("triton_greedy", "greedy"),
+        ("static_greedy", "greedy"),
+    ],
 )
 def test_tensor_parallel_equals_one_process(runs: tuple[dict, list[dict]], case: str, expected: str) -> None:
-    """Each rank's tokens and logits equal one process's (PyTorch path); `triton_greedy` ran the Triton kernel."""
+    """Each rank's tokens and logits equal one process's (PyTorch path); `triton_greedy` ran the Triton kernel,
+    `static_greedy` a `LeanKStaticCache` (its own PyTorch path)."""
     single, ranks = runs
     for rank, results in enumerate(ranks):
         torch.testing.assert_close(results[case]["sequences"], single[expected]["sequences"], rtol=0, atol=0)

@@ -1,9 +1,10 @@
 """One rank of the tensor-parallel test (tests/test_tensor_parallel.py), run as `torchrun --nproc_per_node 2`.
 
 `python tp_worker.py WORKDIR` loads `WORKDIR/model` with `tp_plan="auto"` (gloo on CPU), runs `run_cases` with
-`LeanKCache.for_model` (and greedy with the Triton kernel) and saves what it saw to `WORKDIR/rank{rank}.pt`: the
-outputs, the KV heads the cache kept, its memory footprint (this rank's and all ranks'), and the errors of the
-layouts LeanK refuses. The pytest side runs the same `run_cases` on one process with `LeanKCache(masks, config)`.
+`LeanKCache.for_model` (then greedy with `LeanKStaticCache.for_model` and with the Triton kernel) and saves what it
+saw to `WORKDIR/rank{rank}.pt`: the outputs, the KV heads the cache kept, its memory footprint (this rank's and all
+ranks'), and the errors of the layouts LeanK refuses. The pytest side runs the same `run_cases` on one process with
+`LeanKCache(masks, config)`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM
 
-from leank_hf import LeanKCache, LeanKError, LeanKMasks, apply_leank
+from leank_hf import LeanKCache, LeanKError, LeanKMasks, LeanKStaticCache, apply_leank
 from leank_hf.cache import REGIONS, MemoryFootprint
 from test_generate import _left_padded, _multi_turn, _prompt
 
@@ -66,6 +67,8 @@ def main(workdir: Path) -> None:
     results, cache = run_cases(model, lambda: LeanKCache.for_model(model, masks))
     results["kv_heads"] = (cache.kv_heads.start, cache.kv_heads.stop)
     results["footprint_all_ranks"] = footprint_bytes(cache.memory_footprint(all_ranks=True))
+    static = LeanKStaticCache.for_model(model, masks, max_cache_len=64)
+    results["static_greedy"] = _generated(model.generate(_prompt(), past_key_values=static, **GENERATE))
     apply_leank(model, backend="triton")  # Triton's interpreter on CPU
     triton = model.generate(_prompt(), past_key_values=LeanKCache.for_model(model, masks), **GENERATE)
     results["triton_greedy"] = _generated(triton)
