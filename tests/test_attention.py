@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, DynamicCache
@@ -75,6 +78,22 @@ def test_from_pretrained_with_attn_implementation_leank(tmp_path) -> None:
         PROMPT, past_key_values=LeanKCache(random_masks(loaded.config), loaded.config), max_new_tokens=5
     )
     torch.testing.assert_close(actual, expected, rtol=0, atol=0)
+
+
+def test_importing_the_attention_module_registers_leank(tmp_path) -> None:
+    # A fresh interpreter: `import leank_hf.attention` alone (no apply_leank call) lets from_pretrained pick "leank";
+    # `import leank_hf` alone does not import transformers, so it registers nothing.
+    tiny_model("llama").save_pretrained(tmp_path)
+    code = (
+        "import sys, leank_hf\n"
+        "assert 'transformers' not in sys.modules\n"
+        "import leank_hf.attention\n"
+        "from transformers import AutoModelForCausalLM\n"
+        f"model = AutoModelForCausalLM.from_pretrained({str(tmp_path)!r}, attn_implementation='leank')\n"
+        "assert model.config._attn_implementation == 'leank'\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
 
 
 @pytest.mark.parametrize("backend", ["auto", "torch"])

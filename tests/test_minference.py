@@ -11,13 +11,10 @@ import torch
 from leank_hf import LeanKMasks, MaskError, bundled
 from leank_hf.minference import infer_align
 
-# The released masks sit in ../shared/reference beside the repository (CI clones the repo with shared/ beside it).
-REFERENCE_DIR = Path(__file__).resolve().parents[2] / "shared" / "reference" / "minference-leank"
-needs_reference = pytest.mark.skipif(
-    not REFERENCE_DIR.is_dir(), reason=f"reference .pth masks not found at {REFERENCE_DIR}"
-)
+# The two released masks, byte for byte, with their provenance (MIT, upstream commit) in README.md beside them.
+REFERENCE_DIR = Path(__file__).resolve().parent / "resources" / "minference"
 
-# Facts from the reference README: (file, base model, shape, pruned ratio, zero heads, heads per kept count, sha256).
+# Facts from that README: (file, base model, shape, pruned ratio, zero heads, heads per kept count, sha256).
 RELEASED = [
     pytest.param(
         "llama3.1-8b-instruct.pth",
@@ -132,7 +129,6 @@ def check_released_statistics(masks, shape, pruned, zero_heads, histogram):
     assert (masks.sink_size, masks.recent_size, masks.flush_size) == (128, 768, 128)
 
 
-@needs_reference
 @pytest.mark.parametrize(("name", "base_model", "shape", "pruned", "zero", "histogram", "sha256"), RELEASED)
 def test_importer_reproduces_the_released_statistics(name, base_model, shape, pruned, zero, histogram, sha256):
     path = REFERENCE_DIR / name
@@ -143,7 +139,6 @@ def test_importer_reproduces_the_released_statistics(name, base_model, shape, pr
     assert torch.equal(masks.mask, reference == 1)
 
 
-@needs_reference
 @pytest.mark.parametrize(("name", "base_model", "shape", "pruned", "zero", "histogram", "sha256"), RELEASED)
 def test_shipped_copy_equals_a_fresh_conversion(name, base_model, shape, pruned, zero, histogram, sha256):
     fresh = LeanKMasks.from_minference(REFERENCE_DIR / name, base_model=base_model)

@@ -1,13 +1,15 @@
-"""The public names of leank_hf. Add a name to `PUBLIC` when you export it; the sorted-`__all__` rule is RUF022."""
+"""The public names of leank_hf, pinned: export or remove a name together with `PUBLIC` (sorted, as RUF022 wants)."""
 
 from __future__ import annotations
 
 import importlib.metadata
+import subprocess
+import sys
 
 import leank_hf
 
-# Names other code and the docs rely on; `__all__` may hold more, never fewer.
-PUBLIC = {
+# Exactly `leank_hf.__all__`, in order: adding or removing a public name fails here until this list follows.
+PUBLIC = [
     "LeanKCache",
     "LeanKError",
     "LeanKMasks",
@@ -20,7 +22,7 @@ PUBLIC = {
     "custom_generate_path",
     "revert_leank",
     "train_masks",
-}
+]
 MASK_METHODS = {
     "check_compatible",
     "dense_kv_bytes_per_token",
@@ -40,11 +42,30 @@ MASK_METHODS = {
 }
 
 
-def test_all_is_sorted_unique_and_importable():
-    assert len(set(leank_hf.__all__)) == len(leank_hf.__all__)
-    assert PUBLIC <= set(leank_hf.__all__)
+def test_all_is_exactly_the_public_api_and_importable():
+    assert leank_hf.__all__ == PUBLIC
+    assert set(PUBLIC) <= set(dir(leank_hf))
     for name in leank_hf.__all__:
         assert getattr(leank_hf, name) is not None, name
+    namespace: dict = {}
+    exec(f"from leank_hf import {', '.join(PUBLIC)}", namespace)  # the `from leank_hf import ...` path
+    assert all(namespace[name] is getattr(leank_hf, name) for name in PUBLIC)
+
+
+def test_unknown_name_is_an_attribute_error():
+    assert not hasattr(leank_hf, "not_a_public_name")
+
+
+def test_package_and_ops_import_without_transformers():
+    # A fresh interpreter: importing the package, the contract and the ops loads neither transformers nor the trainer.
+    code = (
+        "import sys, leank_hf, leank_hf.contract, leank_hf.ops.decode_attention\n"
+        "loaded = sorted(name for name in sys.modules if name.split('.')[0] == 'transformers'"
+        " or name.startswith(('leank_hf.training', 'leank_hf.attention', 'leank_hf.cache')))\n"
+        "assert not loaded, loaded\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
 
 
 def test_errors_are_user_errors():

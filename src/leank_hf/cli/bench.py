@@ -10,15 +10,20 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+from typing import TYPE_CHECKING
 
-import torch
-
-from ..benchmarks import RESULTS_DIR, BenchmarkResult
 from . import arguments as arg
+
+if TYPE_CHECKING:
+    from ..benchmarks import BenchmarkResult
+
+COMMANDS = {"bench": "benchmarks (memory, decode, ...)"}
 
 
 def add_output_options(parser: argparse.ArgumentParser) -> None:
     """`--output-dir` and `--no-save`, and `run_and_save` as the command."""
+    from ..benchmarks import RESULTS_DIR
+
     parser.add_argument(
         "--output-dir",
         type=arg.output_dir,
@@ -51,6 +56,8 @@ def add_memory(benchmarks: argparse._SubParsersAction) -> None:
 
 
 def add_decode(benchmarks: argparse._SubParsersAction) -> None:
+    import torch
+
     from ..benchmarks.decode_cpu import DEFAULT_CONTEXTS, run_decode_benchmark
 
     parser = benchmarks.add_parser(
@@ -135,7 +142,7 @@ BENCHMARKS = (add_memory, add_decode, add_kernel, add_generate)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("bench", help="benchmarks (memory, decode, ...)")
+    parser = subparsers.add_parser("bench", help=COMMANDS["bench"])
     benchmarks = parser.add_subparsers(dest="benchmark", required=True)
     for add in BENCHMARKS:
         add(benchmarks)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-
 from . import arguments as arg
+
+COMMANDS = {"demo": "full model vs LeanK on a long-context retrieval prompt"}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("demo", help="full model vs LeanK on a long-context retrieval prompt")
+    parser = subparsers.add_parser("demo", help=COMMANDS["demo"])
     parser.add_argument("--model", default="embedded", help="model folder, or 'embedded' (SmolLM2-135M-Instruct)")
     parser.add_argument("--masks", default=None, help="mask folder, Hub repo or bundled id (default: the model's)")
     parser.add_argument("--length", type=arg.positive_int, default=2048, help="prompt length in tokens (default 2048)")
@@ -19,6 +19,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _load(args: argparse.Namespace):
+    import torch
+
     from ..demo import EMBEDDED_BASE_MODEL
     from ..masks import LeanKMasks
     from ..models import load_model

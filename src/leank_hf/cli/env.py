@@ -6,11 +6,12 @@ import argparse
 import platform
 from importlib import metadata
 
+COMMANDS = {"env": "print versions and devices for bug reports"}
 PACKAGES = ("torch", "transformers", "triton", "huggingface_hub", "safetensors", "numpy", "leank_hf")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    env = subparsers.add_parser("env", help="print versions and devices for bug reports")
+    env = subparsers.add_parser("env", help=COMMANDS["env"])
     env.set_defaults(func=_env)
 
 

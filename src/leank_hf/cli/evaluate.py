@@ -8,18 +8,20 @@ import platform
 import sys
 from pathlib import Path
 
-import torch
-
 from . import arguments as arg
 from .train import DTYPES
 
+COMMANDS = {"eval": "retrieval accuracy: full model vs LeanK mask vs baselines"}
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    import torch
+
     from ..evaluation import BASELINES, EVAL_TASKS
 
     parser = subparsers.add_parser(
         "eval",
-        help="retrieval accuracy: full model vs LeanK mask vs baselines",
+        help=COMMANDS["eval"],
         description="Synthetic long-context retrieval at held-out seeds: the full model's accuracy per length, and "
         "each mask's accuracy on the questions the full model answers. Baselines use the mask's ratio and align.",
     )
@@ -73,13 +75,15 @@ def _load_mask(name: str | None, model):
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    import torch
+
     from .. import __version__
     from ..evaluation import baseline_masks, evaluate_retrieval, format_table, verify_deployed
     from ..models import load_model
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, tokenizer = load_model(args.model, DTYPES[args.dtype], args.device)
+    model, tokenizer = load_model(args.model, getattr(torch, args.dtype), args.device)
     leank = _load_mask(args.mask, model)
     methods = {"leank": leank, **baseline_masks(model, tokenizer, leank, args.baselines, seed=args.seed)}
     report = evaluate_retrieval(

@@ -5,14 +5,19 @@ from __future__ import annotations
 import argparse
 
 from ..errors import LeanKUsageError
-from ..masks import LeanKMasks
 from . import arguments as arg
+
+COMMANDS = {
+    "inspect": "print a mask's metadata and statistics",
+    "convert": "import a MInference LeanK .pth mask",
+    "push": "upload a saved mask folder to the Hugging Face Hub",
+}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     inspect = subparsers.add_parser(
         "inspect",
-        help="print a mask's metadata and statistics",
+        help=COMMANDS["inspect"],
         description="Print a mask's metadata and statistics (overall, per layer, per KV head).",
     )
     inspect.add_argument("mask", help="saved mask folder, Hub repo id, or bundled mask (base model id or name)")
@@ -26,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     convert = subparsers.add_parser(
         "convert",
-        help="import a MInference LeanK .pth mask",
+        help=COMMANDS["convert"],
         description="Import a mask released with MInference's LeanK (.pth, float 0/1 [layers, KV heads, head_dim]) "
         "and save it as a leank_hf mask folder.",
     )
@@ -56,7 +61,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     push = subparsers.add_parser(
         "push",
-        help="upload a saved mask folder to the Hugging Face Hub",
+        help=COMMANDS["push"],
         description="Upload a saved mask folder to a Hub repo in one commit (the repo is created if needed).",
     )
     push.add_argument("dir", type=arg.existing_dir, help="saved mask folder")
@@ -70,6 +75,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _inspect(args: argparse.Namespace) -> int:
+    from ..masks import LeanKMasks
+
     masks = LeanKMasks.from_pretrained(
         args.mask, subfolder=args.subfolder, revision=args.revision, local_files_only=args.local_files_only
     )
@@ -82,6 +89,8 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _convert(args: argparse.Namespace) -> int:
+    from ..masks import LeanKMasks
+
     info = {}
     for item in args.info:
         key, sep, value = item.partition("=")
@@ -106,6 +115,8 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _push(args: argparse.Namespace) -> int:
+    from ..masks import LeanKMasks
+
     masks = LeanKMasks.from_pretrained(args.dir)
     commit = masks.push_to_hub(
         args.repo_id,

@@ -7,18 +7,20 @@ import json
 import os
 from pathlib import Path
 
-import torch
-
 from ..errors import LeanKUsageError
 from . import arguments as arg
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+COMMANDS = {"train": "learn a LeanK mask for a model"}
+# `--dtype` choices: names of torch dtypes.
+DTYPES = ("bfloat16", "float16", "float32")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    import torch
+
     parser = subparsers.add_parser(
         "train",
-        help="learn a LeanK mask for a model",
+        help=COMMANDS["train"],
         description="Learn a LeanK K-channel mask (stage 1: L1-regularised scales, stage 2: the binary mask as "
         "deployed). Checkpoints, a CSV log and the final mask go to --output; --resume continues a run.",
     )
@@ -101,6 +103,8 @@ def _read_pairs(path: str) -> list[tuple[str, str]]:
 
 
 def _train(args: argparse.Namespace) -> int:
+    import torch
+
     from ..models import load_model
     from ..training import PromptAnswerData, SyntheticRetrievalData, train_masks
     from ..training.trainer import check_run_folder
@@ -116,7 +120,7 @@ def _train(args: argparse.Namespace) -> int:
             device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
     check_run_folder(args.output, resume=args.resume, overwrite=args.overwrite)  # before the model loads
     pairs = _read_pairs(args.data) if args.data else None
-    model, tokenizer = load_model(args.model, DTYPES[args.dtype], device)
+    model, tokenizer = load_model(args.model, getattr(torch, args.dtype), device)
     if pairs is not None:
         data = PromptAnswerData(tokenizer, pairs, name=Path(args.data).name)
     else:
