@@ -80,14 +80,15 @@ def test_from_pretrained_with_attn_implementation_leank(tmp_path) -> None:
     torch.testing.assert_close(actual, expected, rtol=0, atol=0)
 
 
-def test_importing_the_attention_module_registers_leank(tmp_path) -> None:
-    # A fresh interpreter: `import leank_hf.attention` alone (no apply_leank call) lets from_pretrained pick "leank";
-    # `import leank_hf` alone does not import transformers, so it registers nothing.
+@pytest.mark.parametrize("load", ["import leank_hf.attention", "from leank_hf import LeanKCache"])
+def test_importing_the_attention_or_a_cache_registers_leank(tmp_path, load: str) -> None:
+    # A fresh interpreter: no apply_leank call, yet from_pretrained can pick "leank" once the attention module or a
+    # cache is loaded; `import leank_hf` alone does not import transformers, so it registers nothing.
     tiny_model("llama").save_pretrained(tmp_path)
     code = (
         "import sys, leank_hf\n"
         "assert 'transformers' not in sys.modules\n"
-        "import leank_hf.attention\n"
+        f"{load}\n"
         "from transformers import AutoModelForCausalLM\n"
         f"model = AutoModelForCausalLM.from_pretrained({str(tmp_path)!r}, attn_implementation='leank')\n"
         "assert model.config._attn_implementation == 'leank'\n"

@@ -2,7 +2,8 @@
 
 The public names load on first use (module `__getattr__`), so `import leank_hf` imports neither torch nor
 transformers. The "leank" attention is registered with transformers when `leank_hf.attention` is imported, which
-`apply_leank` / `revert_leank` (or `import leank_hf.attention`) does.
+loading any name that needs transformers (the caches, `apply_leank`, `train_masks`, ...) does, so
+`from_pretrained(..., attn_implementation="leank")` works after `from leank_hf import LeanKCache`.
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ _SOURCES = {
     "train_masks": "training",
 }
 
+# Sources that do not import transformers: loading their names leaves the attention unregistered (and cheap).
+_WITHOUT_TRANSFORMERS = {"bundled", "errors", "masks"}
+
 if TYPE_CHECKING:
     from . import bundled
     from .attention import apply_leank, revert_leank
@@ -58,6 +62,8 @@ def __getattr__(name: str) -> Any:
     if name not in _SOURCES:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     module = importlib.import_module(f".{_SOURCES[name]}", __name__)
+    if _SOURCES[name] not in _WITHOUT_TRANSFORMERS:
+        importlib.import_module(".attention", __name__)  # registers the "leank" attention with transformers
     value = module if name == _SOURCES[name] else getattr(module, name)
     globals()[name] = value
     return value
