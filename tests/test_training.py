@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 from transformers import DynamicCache
+from transformers.utils import logging as hf_logging
 
 from leank_hf import LeanKMasks, train_masks
 from leank_hf.errors import LeanKUsageError
@@ -257,6 +258,19 @@ def test_resume_continues_bit_for_bit(tmp_path):
     assert resumed == full  # mask and metadata, the final MSE included
     # Resuming a finished run trains nothing and returns (and saves) the same mask with the same final MSE.
     assert train_masks(model, None, output_dir=tmp_path / "b", resume=True, **kw) == full
+
+
+def test_progress_bar_obeys_transformers_disable_progress_bar(capfd):
+    model = peaked_model()
+    kw = {**KW, "progress": True, "stage1_steps": 1, "stage2_steps": 0, "data": RandomTokenData()}
+    train_masks(model, None, **kw)
+    assert "leank train" in capfd.readouterr().err
+    hf_logging.disable_progress_bar()
+    try:
+        train_masks(model, None, **kw)
+    finally:
+        hf_logging.enable_progress_bar()
+    assert "leank train" not in capfd.readouterr().err
 
 
 def test_resume_with_other_settings_is_refused(tmp_path):

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from transformers.utils.logging import tqdm
 
 from ..constants import CONFIG_NAME
 from ..contract import ModelShape
