@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import os
 import socket
 
@@ -271,6 +272,24 @@ def test_progress_bar_obeys_transformers_disable_progress_bar(capfd):
     finally:
         hf_logging.enable_progress_bar()
     assert "leank train" not in capfd.readouterr().err
+
+
+def test_report_to_csv_none_tensorboard(tmp_path):
+    model = peaked_model()
+    kw = {**KW, "stage1_steps": 2, "stage2_steps": 0, "data": RandomTokenData()}
+    train_masks(model, None, output_dir=tmp_path / "csv", report_to="csv", **kw)
+    assert [row["step"] for row in _log_rows(tmp_path / "csv" / "training_log.csv")] == ["0", "1"]
+    masks = train_masks(model, None, output_dir=tmp_path / "none", report_to="none", **kw)
+    assert not (tmp_path / "none" / "training_log.csv").exists()
+    assert torch.equal(LeanKMasks.from_pretrained(tmp_path / "none").mask, masks.mask)
+    with pytest.raises(LeanKUsageError, match="report_to"):
+        train_masks(model, None, report_to=["csv", "wandb"], **kw)
+    if importlib.util.find_spec("tensorboard") is None:
+        with pytest.raises(LeanKUsageError, match="pip install tensorboard"):
+            train_masks(model, None, output_dir=tmp_path / "tb", report_to="tensorboard", **kw)
+    else:
+        train_masks(model, None, output_dir=tmp_path / "tb", report_to=["csv", "tensorboard"], **kw)
+        assert any((tmp_path / "tb" / "runs").iterdir()) and (tmp_path / "tb" / "training_log.csv").is_file()
 
 
 def test_resume_with_other_settings_is_refused(tmp_path):
