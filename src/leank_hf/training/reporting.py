@@ -55,7 +55,7 @@ class Reporter:
             raise LeanKUsageError(
                 f"`report_to` takes one or more of {list(REPORT_TO[:2])}, or 'none' alone; got {report_to!r}"
             )
-        self.logs: list[Any] = []
+        self.logs: list[CsvLog | TensorBoardLog] = []
         if not active:
             return
         if "csv" in names and output_dir:
