@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+import logging.handlers
+
 import pytest
 import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicSlidingWindowLayer
 
-from leank_hf import LeanKCache, LeanKMasks, LeanKUsageError, MaskError
+from leank_hf import LeanKCache, LeanKMasks, LeanKUsageError, MaskError, apply_leank
 from leank_hf.cache import REGIONS, LeanKLayer, LeanKStates
 from leank_hf.contract import Windows
 from tiny_models import FLUSH, RECENT, SINK, random_masks, tiny_model
@@ -352,3 +355,30 @@ def test_prompt_stays_dense_until_it_ends(end: str) -> None:
     assert layer._prompt is None and layer.num_mid > 0
     assert layer.length == {"decode": 38, "crop": 37 - 3 * FLUSH}.get(end, 37)
     _check_storage(layer, mask, keys, keys, pad)
+
+
+def test_generate_logs_backend_compaction_and_growth_at_debug_and_nothing_at_warning():
+    from leank_hf.ops import decode_attention
+
+    decode_attention._announced.clear()  # choices are logged once per process
+    model = apply_leank(tiny_model("llama"))
+    cache = LeanKCache(random_masks(model.config), model.config)
+    package = logging.getLogger("leank_hf")
+    handler, level = logging.handlers.BufferingHandler(capacity=10_000), package.level
+    package.addHandler(handler)
+    package.setLevel(logging.DEBUG)
+    try:
+        prompt = torch.randint(1, model.config.vocab_size, (1, 40))
+        model.generate(prompt, past_key_values=cache, max_new_tokens=24, do_sample=False)
+    finally:
+        package.removeHandler(handler)
+        package.setLevel(level)
+    messages = [record.getMessage() for record in handler.buffer]
+    choice = "dynamic-cache decode attention takes the torch path (backend='auto'; no CUDA)"
+    assert any(choice in m for m in messages), messages
+    assert sum("compacted a 40-slot prompt" in m for m in messages) == model.config.num_hidden_layers
+    assert any("grows its middle region from 0 to" in m for m in messages)
+    assert any(m.startswith("LeanKCache layer grows its middle region from") and "from 0 " not in m for m in messages)
+    assert sum("decode attention" in m for m in messages) == 1  # once, not per layer and step
+    assert all(record.levelno < logging.WARNING for record in handler.buffer)
+    assert all(record.name.startswith("leank_hf.") for record in handler.buffer)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import os
 import socket
 
@@ -10,6 +11,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 from transformers import DynamicCache
+from transformers.utils import logging as hf_logging
 
 from leank_hf import LeanKMasks, train_masks
 from leank_hf.errors import LeanKUsageError
@@ -257,6 +259,37 @@ def test_resume_continues_bit_for_bit(tmp_path):
     assert resumed == full  # mask and metadata, the final MSE included
     # Resuming a finished run trains nothing and returns (and saves) the same mask with the same final MSE.
     assert train_masks(model, None, output_dir=tmp_path / "b", resume=True, **kw) == full
+
+
+def test_progress_bar_obeys_transformers_disable_progress_bar(capfd):
+    model = peaked_model()
+    kw = {**KW, "progress": True, "stage1_steps": 1, "stage2_steps": 0, "data": RandomTokenData()}
+    train_masks(model, None, **kw)
+    assert "leank train" in capfd.readouterr().err
+    hf_logging.disable_progress_bar()
+    try:
+        train_masks(model, None, **kw)
+    finally:
+        hf_logging.enable_progress_bar()
+    assert "leank train" not in capfd.readouterr().err
+
+
+def test_report_to_csv_none_tensorboard(tmp_path):
+    model = peaked_model()
+    kw = {**KW, "stage1_steps": 2, "stage2_steps": 0, "data": RandomTokenData()}
+    train_masks(model, None, output_dir=tmp_path / "csv", report_to="csv", **kw)
+    assert [row["step"] for row in _log_rows(tmp_path / "csv" / "training_log.csv")] == ["0", "1"]
+    masks = train_masks(model, None, output_dir=tmp_path / "none", report_to="none", **kw)
+    assert not (tmp_path / "none" / "training_log.csv").exists()
+    assert torch.equal(LeanKMasks.from_pretrained(tmp_path / "none").mask, masks.mask)
+    with pytest.raises(LeanKUsageError, match="report_to"):
+        train_masks(model, None, report_to=["csv", "wandb"], **kw)
+    if importlib.util.find_spec("tensorboard") is None:
+        with pytest.raises(LeanKUsageError, match="pip install tensorboard"):
+            train_masks(model, None, output_dir=tmp_path / "tb", report_to="tensorboard", **kw)
+    else:
+        train_masks(model, None, output_dir=tmp_path / "tb", report_to=["csv", "tensorboard"], **kw)
+        assert any((tmp_path / "tb" / "runs").iterdir()) and (tmp_path / "tb" / "training_log.csv").is_file()
 
 
 def test_resume_with_other_settings_is_refused(tmp_path):

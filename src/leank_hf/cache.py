@@ -8,6 +8,7 @@ layout is `ops.decode_attention.layout` (`HeadLayout`, `CompactKV`); the semanti
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from dataclasses import dataclass, field
@@ -21,6 +22,8 @@ from .errors import LeanKUsageError, MaskError
 from .masks import LeanKMasks
 from .ops.decode_attention.layout import CompactKV, HeadLayout, StaticKV
 from .tensor_parallel import KVHeadShard, kv_head_shard
+
+logger = logging.getLogger(__name__)
 
 # Tokens written to the middle region per `index_copy_`: bounds the index tensor on long prompts.
 _WRITE_CHUNK = 4096
@@ -315,6 +318,12 @@ class LeanKLayer(CacheLayerMixin):
             self.full_keys[:, :, self.sink_size : self.sink_size + length - start] = keys[:, :, start:]
             self.full_values[:, :, self.sink_size : self.sink_size + length - start] = values[:, :, start:]
         self._write_middle(keys[:, :, self.sink_size : start], values[:, :, self.sink_size : start], 0)
+        logger.debug(
+            "LeanKCache layer compacted a %d-slot prompt: %d middle tokens, %d recent",
+            length,
+            self.num_mid,
+            length - start,
+        )
 
     def _append(self, keys: torch.Tensor, values: torch.Tensor) -> CompactKV:
         old_length, sink = self.length, self.sink_size
@@ -441,6 +450,12 @@ class LeanKLayer(CacheLayerMixin):
                     self.mid_keys, self.mid_cap, group
                 )[:, :, : self.num_mid]
             values[:, :, : self.num_mid] = self.mid_values[:, :, : self.num_mid]
+        logger.debug(
+            "LeanKCache layer grows its middle region from %d to %d tokens (%d bytes)",
+            self.mid_cap,
+            capacity,
+            keys.nbytes + values.nbytes,
+        )
         self.mid_keys, self.mid_values = keys, values
         self._set_mid_capacity(capacity)
 

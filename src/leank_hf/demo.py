@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 from transformers import DynamicCache
+from transformers.utils.logging import tqdm
 
 from .attention import apply_leank
 from .cache import LeanKCache
@@ -39,7 +39,7 @@ def kv_cache_bytes(cache: Any) -> int:
 
 
 @contextmanager
-def layer_progress(model: Any, desc: str, enabled: bool = True) -> Iterator[tqdm | None]:
+def layer_progress(model: Any, desc: str, enabled: bool = True) -> Iterator[Any]:
     """Show a progress bar that advances as each decoder layer of `model` finishes its forward pass.
 
     Yields the bar, or `None` when disabled or when the model keeps its decoder layers elsewhere than

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
+from transformers.utils.logging import tqdm
 
 from .errors import LeanKUsageError
 from .masks import LeanKMasks

@@ -10,6 +10,7 @@ synchronisation and no Python branch on a length, so `generate()` auto-compiles 
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
@@ -21,6 +22,8 @@ from .errors import LeanKUsageError, MaskError
 from .masks import LeanKMasks
 from .ops.decode_attention.layout import CompactKV, HeadLayout, StaticKV
 from .tensor_parallel import KVHeadShard
+
+logger = logging.getLogger(__name__)
 
 
 class LeanKStaticLayer(CacheLayerMixin):
@@ -87,6 +90,11 @@ class LeanKStaticLayer(CacheLayerMixin):
         for tensor in self._static_tensors():
             torch._dynamo.mark_static_address(tensor)
         self.is_initialized = True
+        logger.debug(
+            "LeanKStaticCache layer allocated %d bytes for %d tokens",
+            sum(t.nbytes for t in (self.full_keys, self.full_values, self.mid_keys, self.mid_values)),
+            self.max_cache_len,
+        )
 
     def _static_tensors(self) -> tuple[torch.Tensor, ...]:
         """Every tensor a decode step reads: fixed addresses, so CUDA graphs replay without copying inputs."""

@@ -19,10 +19,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 from transformers import AttentionInterface, DynamicCache, LlamaConfig, LlamaForCausalLM
 from transformers.cache_utils import DynamicLayer
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.utils.logging import tqdm
 
 from ..attention import apply_leank, implementation_name
 from ..cache import LeanKCache, LeanKLayer

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
-from tqdm.auto import tqdm
+from transformers.utils.logging import tqdm
 
 from ..contract import Windows
 from ..errors import LeanKUsageError

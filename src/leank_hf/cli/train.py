@@ -73,6 +73,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--gradient-checkpointing", action="store_true", help="recompute the student's attention in backward"
     )
+    parser.add_argument(
+        "--report-to",
+        nargs="+",
+        choices=("csv", "tensorboard", "none"),  # training.reporting.REPORT_TO, not imported: it loads transformers
+        default=["csv"],
+        help="where step metrics go: csv (training_log.csv), tensorboard (--output/runs), or none (default: csv)",
+    )
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="model dtype (%(default)s)")
     parser.add_argument(
         "--device", type=arg.device, default="cuda" if torch.cuda.is_available() else "cpu", help="model device"
@@ -154,6 +161,7 @@ def _train(args: argparse.Namespace) -> int:
         checkpoint_every=args.checkpoint_every,
         max_steps=args.max_steps,
         gradient_checkpointing=args.gradient_checkpointing,
+        report_to=args.report_to,
     )
     done = masks.training_info["completed_steps"]
     total = args.stage1_steps + args.stage2_steps

@@ -17,22 +17,24 @@ import functools
 import math
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from transformers.utils.logging import tqdm
 
 from ..constants import CONFIG_NAME
 from ..contract import ModelShape
 from ..errors import LeanKUsageError
 from ..masks import LeanKMasks
 from .attention import MiddleKeyScaling, scaled_middle_keys, training_attention_enabled, truncate_cache
-from .checkpoint import CHECKPOINT_NAME, LOG_NAME, CsvLog, load_checkpoint, save_checkpoint
+from .checkpoint import CHECKPOINT_NAME, LOG_NAME, load_checkpoint, save_checkpoint
 from .data import TokenizedGroup, as_training_data
 from .masking import binary_mask, straight_through
+from .reporting import Reporter
 
 
 @dataclass
@@ -227,6 +229,7 @@ def train_masks(
     max_steps: int | None = None,
     gradient_checkpointing: bool = False,
     progress: bool = True,
+    report_to: str | Sequence[str] = "csv",
 ) -> LeanKMasks:
     """Learn a LeanK K-channel mask for `model` (two stages, weights frozen, nothing of the model copied).
 
@@ -259,6 +262,9 @@ def train_masks(
             are frozen and the prompt runs without gradients, so nothing else grows with the context). Same
             results, less memory; may be toggled on resume.
         progress (`bool`, *optional*, defaults to `True`): show a progress bar with loss and achieved ratio.
+        report_to (`str` or `list[str]`, *optional*, defaults to `"csv"`): where each step's metrics go: `"csv"`
+            (`output_dir/training_log.csv`), `"tensorboard"` (`output_dir/runs`, needs the tensorboard package), both,
+            or `"none"`.
 
     Returns:
         `LeanKMasks`, also saved to `output_dir` with full metadata when given. Under `torch.distributed`, every
@@ -327,7 +333,7 @@ def train_masks(
             raise LeanKUsageError(
                 f"`max_steps`={max_steps} is before the checkpoint's step {start}; raise it or drop it"
             )
-    log = CsvLog(Path(output_dir) / LOG_NAME, start if resume else None) if output_dir and rank == 0 else None
+    reporter = Reporter(report_to, output_dir, start if resume else None, active=rank == 0)
     stop = settings.total_steps if max_steps is None else min(settings.total_steps, max_steps)
     bar = tqdm(total=settings.total_steps, initial=start, disable=not progress or rank != 0, desc="leank train")
 
@@ -410,8 +416,7 @@ def train_masks(
                     "mask_ratio": mask_ratio,
                     "seconds": time.perf_counter() - began,
                 }
-                if log is not None:
-                    log.append(row)
+                reporter.log(row)
                 bar.set_postfix(
                     stage=stage,
                     loss=f"{loss:.4g}",
@@ -423,6 +428,7 @@ def train_masks(
                     checkpoint(step + 1)
     finally:
         bar.close()
+        reporter.close()
         for name, p in model.named_parameters():
             p.requires_grad_(frozen[name])
 
