@@ -54,7 +54,7 @@ def test_train_resume_and_eval_from_the_command_line(tmp_path, capsys):
             "eval",
             "--model",
             str(model_dir),
-            "--mask",
+            "--masks",
             str(out),
             "--baselines",
             "random,rope_low_freq",

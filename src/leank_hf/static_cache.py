@@ -48,16 +48,11 @@ class LeanKStaticLayer(CacheLayerMixin):
 
     def __init__(self, layer_mask: torch.Tensor, *, windows: Windows, max_cache_len: int):
         super().__init__()
-        if max_cache_len <= windows.sink_size:
-            raise LeanKUsageError(
-                f"`max_cache_len` ({max_cache_len}) must exceed `sink_size` ({windows.sink_size}): size the cache for "
-                "the prompt plus the new tokens"
-            )
         self.host_layout = HeadLayout.from_mask(layer_mask)
         self.windows = windows
         self.max_cache_len = max_cache_len
         self.ring_size = windows.recent_size + 2 * windows.flush_size
-        self.mid_cap = max_cache_len - windows.sink_size + 1
+        self.mid_cap = max(0, max_cache_len - windows.sink_size) + 1
         self.cumulative_length = torch.tensor(0, dtype=torch.int64)
         self._pending: PrefillKV | None = None
         self._decoding = False  # True once the prompt is stored: later updates attend compact keys

@@ -26,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "each mask's accuracy on the questions the full model answers. Baselines use the mask's ratio and align.",
     )
     parser.add_argument("--model", required=True, help="model folder or Hub id, or 'embedded' (SmolLM2-135M-Instruct)")
-    parser.add_argument("--mask", help="LeanK mask: folder, Hub id or bundled name (default: the model's bundled one)")
+    parser.add_argument("--masks", help="LeanK masks: folder, Hub id or bundled name (default: the model's own)")
     parser.add_argument(
         "--baselines",
         type=arg.names(BASELINES, allow_none=True),
@@ -84,7 +84,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     model, tokenizer = load_model(args.model, getattr(torch, args.dtype), args.device)
-    leank = _load_mask(args.mask, model)
+    leank = _load_mask(args.masks, model)
     methods = {"leank": leank, **baseline_masks(model, tokenizer, leank, args.baselines, seed=args.seed)}
     report = evaluate_retrieval(
         model,
