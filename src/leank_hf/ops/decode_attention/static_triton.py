@@ -9,15 +9,12 @@ live middle length are computed in the kernel; chunks past the live length store
 
 from __future__ import annotations
 
-import functools
-import math
-
 import torch
 import triton
 import triton.language as tl
 
 from .layout import StaticKV
-from .triton import _INTERPRETED, _LOG2E, _MAX_SPLITS, _attend_middle, _merge_parts, _online_softmax_step, _sm_count
+from .triton import _INTERPRETED, _LOG2E, _attend_middle, _choose_splits, _merge_parts, _online_softmax_step, _sm_count
 
 
 @triton.jit
@@ -108,17 +105,6 @@ def _leank_static_decode_kernel(
         _merge_parts(O_PART, LSE_PART, OUT, row0, NUM_PARTS, G, G_POW, MERGE_S, HEAD_DIM, BLOCK_D)
 
 
-@functools.cache
-def _launch_plan(batch: int, busy_heads: int, mid_cap: int, block_n: int, num_sms: int) -> tuple[int, int]:
-    """`(num_splits, split_len)` for the capacity: enough middle programs for 8 per SM, chunks of >= 8 tiles."""
-    if busy_heads == 0:
-        return 0, block_n
-    wanted = math.ceil(num_sms * 8 / (batch * busy_heads))
-    splits = max(1, min(wanted, _MAX_SPLITS, math.ceil(mid_cap / (8 * block_n))))
-    split_len = math.ceil(math.ceil(mid_cap / splits) / block_n) * block_n
-    return math.ceil(mid_cap / split_len), split_len
-
-
 @torch.library.custom_op("leank_hf::static_decode", mutates_args=("counters",))
 def static_decode(
     query: torch.Tensor,
@@ -149,7 +135,7 @@ def static_decode(
     num_kv_heads = widths.shape[0]
     group = num_q_heads // num_kv_heads
     num_sms = _sm_count(query.device.index or 0) if query.device.type == "cuda" else 8
-    num_splits, split_len = _launch_plan(batch, num_value_heads, mid_cap, block_n, num_sms)
+    num_splits, split_len = _choose_splits(batch, num_value_heads, mid_cap, block_n, num_sms)  # for the capacity
     num_parts = num_splits + 1
     partials = torch.empty(batch * num_q_heads * num_parts * (head_dim + 1), device=query.device, dtype=torch.float32)
     partial_out, partial_lse = partials.split(batch * num_q_heads * num_parts * head_dim)
