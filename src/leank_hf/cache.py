@@ -510,7 +510,10 @@ class LeanKLayer(CacheLayerMixin):
             removable = self.length - (self.recent_start + self.recent_size - 1)
             raise LeanKUsageError(
                 f"cannot remove {-tokens_to_remove} tokens from a LeanKCache layer of {self.length} tokens: older "
-                f"tokens are already stored with pruned keys; at most {max(0, removable)} can be removed now"
+                f"tokens are already stored with pruned keys; at most {max(0, removable)} can be removed now. For "
+                f"assisted or prompt-lookup decoding, propose at most `flush_size` ({self.flush_size}) candidates per "
+                "step (`prompt_lookup_num_tokens` / `num_assistant_tokens`), or build the cache with a larger "
+                "`flush_size`"
             )
         self.length = length
         # Middle entries past the window start may hold removed tokens: rewrite them from the full region later.
