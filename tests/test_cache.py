@@ -102,7 +102,7 @@ def test_prompt_window_allows_cropping_flush_size_tokens() -> None:
     _feed(layer, keys, keys, [0, 50])
     assert layer.recent_start == Windows(SINK, RECENT, 5).flushed(46)
     layer.crop(-5)
-    with pytest.raises(LeanKUsageError, match=r"at most 0 can be removed now\. .*`prompt_lookup_num_tokens`"):
+    with pytest.raises(LeanKUsageError, match=r"at most 4 can be removed now\. .*`prompt_lookup_num_tokens`"):
         layer.crop(-5)
 
 
