@@ -70,6 +70,65 @@ def window_start(query_slot: int, sink: int, recent: int, flush: int) -> int:
     return sink + (flush * (overflow // flush) if overflow > 0 else 0)
 
 
+def random_layer_mask(widths, head_dim: int, generator: torch.Generator) -> torch.Tensor:
+    """A random `[H, head_dim]` keep mask with `widths[h]` kept channels for head `h`."""
+    mask = torch.zeros(len(widths), head_dim, dtype=torch.bool)
+    for head, width in enumerate(widths):
+        mask[head, torch.randperm(head_dim, generator=generator)[:width]] = True
+    return mask
+
+
+def dense_attention(
+    query: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    keep: torch.Tensor,
+    *,
+    pad,
+    sink: int,
+    boundaries,
+    scale: float,
+    query_start: int | None = None,
+    key_mask: torch.Tensor | None = None,
+    skip_heads: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One layer's LeanK attention over dense full-width keys, in float64: `[B, Hq, n, D]`.
+
+    `query [B, Hq, n, D]` holds query rows at global slots `query_start + i` (default: the last `n` key slots) of dense
+    `keys`/`values [B, H, T, D]`. Row `i` of batch row `b` reads key `j` if `pad[b] <= j <= query_start + i` and
+    `key_mask` allows it (`[B, >= T]`, or `[B, n, >= T]` per query row); with all channels if `j < pad[b] + sink` or
+    `j >= boundaries[i]`, otherwise with its KV head's keys multiplied channel-wise by `keep [H, D]` (a boolean mask or
+    float scales), and not at all if the head is skipped (`skip_heads [H]`; default: heads whose `keep` is all zero).
+    """
+    batch, num_query_heads, num_rows, head_dim = query.shape
+    num_heads, total = keys.shape[1], keys.shape[2]
+    groups = num_query_heads // num_heads
+    device = keys.device
+    start = total - num_rows if query_start is None else query_start
+    weights = keep.to(device=device, dtype=torch.float64)  # [H, D]
+    skip = (weights == 0).all(-1) if skip_heads is None else skip_heads.to(device=device, dtype=torch.bool)
+    q = query.to(device=device, dtype=torch.float64).reshape(batch, num_heads, groups, num_rows, head_dim)
+    k = keys.to(torch.float64)
+    exact = torch.einsum("bhgnd,bhtd->bhgnt", q, k)
+    pruned = torch.einsum("bhgnd,bhtd->bhgnt", q, k * weights[None, :, None, :])
+
+    slots = torch.arange(total, device=device)
+    rows = torch.arange(start, start + num_rows, device=device)
+    pad = torch.as_tensor(pad, device=device).long().reshape(batch)
+    bounds = torch.as_tensor(boundaries, device=device).long().reshape(num_rows)
+    full = (slots[None, None, :] < pad[:, None, None] + sink) | (slots[None, None, :] >= bounds[None, :, None])
+    readable = (slots[None, None, :] <= rows[None, :, None]) & (slots[None, None, :] >= pad[:, None, None])
+    if key_mask is not None:
+        key_mask = key_mask[..., :total].to(device=device, dtype=torch.bool)
+        readable = readable & (key_mask[:, None, :] if key_mask.dim() == 2 else key_mask)
+    full = full[:, None, None]  # [B, 1, 1, n, T]
+    readable = readable[:, None, None] & (full | ~skip[None, :, None, None, None])
+    scores = torch.where(full, exact, pruned).masked_fill(~readable, float("-inf")) * scale
+    probs = torch.softmax(scores, dim=-1)
+    output = torch.einsum("bhgnt,bhtd->bhgnd", probs, values.to(torch.float64))
+    return output.reshape(batch, num_query_heads, num_rows, head_dim)
+
+
 def reference_attention(
     module: torch.nn.Module,
     query: torch.Tensor,
@@ -87,42 +146,30 @@ def reference_attention(
     """LeanK attention computed densely. `keep` is the model's `[layers, kv_heads, head_dim]` boolean mask."""
     layer = module.layer_idx
     layer_types = getattr(module.config, "layer_types", None)
-    batch, num_query_heads, num_rows, head_dim = query.shape
+    batch, _, num_rows, head_dim = query.shape
     total = key.shape[2]
     start = total - num_rows
     prompt = _PROMPT_UPDATES.pop(layer, start == 0)
     if (layer_types is not None and layer_types[layer] != "full_attention") or prompt:
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
 
-    num_heads = key.shape[1]
-    groups = num_query_heads // num_heads
-    scale = scaling if scaling is not None else head_dim**-0.5
-    device = key.device
-    rows = torch.arange(start, total, device=device)
-    keys = torch.arange(total, device=device)
     if attention_mask is None:
-        allowed = (keys[None, :] <= rows[:, None]).expand(batch, num_rows, total)
+        allowed, pad = None, torch.zeros(batch, dtype=torch.int64)
     else:
         allowed = attention_mask[:, 0].expand(batch, num_rows, total)
-    pad = allowed[:, -1].int().argmax(-1)  # first key the last row may read
-
-    channel_keep = keep[layer].to(device=device, dtype=torch.float64)  # [H, D]
-    q = query.to(torch.float64).reshape(batch, num_heads, groups, num_rows, head_dim)
-    k = key.to(torch.float64)
-    exact = torch.einsum("bhgnd,bhtd->bhgnt", q, k)
-    pruned = torch.einsum("bhgnd,bhtd->bhgnt", q, k * channel_keep[None, :, None, :])
-
-    bounds = torch.tensor([window_start(row, sink, recent, flush) for row in range(start, total)], device=device)
-    in_sink = keys[None, :] < pad[:, None] + sink  # [B, T]
-    in_window = keys[None, :] >= bounds[:, None]  # [n, T]
-    full = in_sink[:, None, None, None, :] | in_window[None, None, None, :, :]
-    zero_head = (channel_keep.sum(-1) == 0)[None, :, None, None, None]
-    readable = allowed[:, None, None] & (full | ~zero_head)
-    scores = torch.where(full, exact, pruned).masked_fill(~readable, float("-inf")) * scale
-    probs = torch.softmax(scores, dim=-1)
-    output = torch.einsum("bhgnt,bhtd->bhgnd", probs, value.to(torch.float64))
-    output = output.reshape(batch, num_query_heads, num_rows, head_dim).to(query.dtype)
-    return output.transpose(1, 2).contiguous(), None
+        pad = allowed[:, -1].int().argmax(-1)  # first key the last row may read
+    output = dense_attention(
+        query,
+        key,
+        value,
+        keep[layer],
+        pad=pad,
+        sink=sink,
+        boundaries=[window_start(row, sink, recent, flush) for row in range(start, total)],
+        scale=scaling if scaling is not None else head_dim**-0.5,
+        key_mask=allowed,
+    )
+    return output.to(query.dtype).transpose(1, 2).contiguous(), None
 
 
 @contextmanager

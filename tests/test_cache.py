@@ -13,15 +13,12 @@ from transformers.cache_utils import DynamicSlidingWindowLayer
 from leank_hf import LeanKCache, LeanKMasks, LeanKUsageError, MaskError, apply_leank
 from leank_hf.cache import REGIONS, LeanKLayer, LeanKStates
 from leank_hf.contract import Windows
+from reference import random_layer_mask
 from tiny_models import FLUSH, RECENT, SINK, random_masks, tiny_model
 
 
 def _layer_mask(widths=(16, 0, 8, 24, 8), head_dim=24 + 8, seed=0) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(seed)
-    mask = torch.zeros(len(widths), head_dim, dtype=torch.bool)
-    for head, width in enumerate(widths):
-        mask[head, torch.randperm(head_dim, generator=generator)[:width]] = True
-    return mask
+    return random_layer_mask(widths, head_dim, torch.Generator().manual_seed(seed))
 
 
 def _feed(layer: LeanKLayer, keys: torch.Tensor, values: torch.Tensor, cuts: list[int], pad=None) -> list:

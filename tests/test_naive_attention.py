@@ -10,82 +10,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from leank_hf.ops import decode_attention
-from leank_hf.ops.decode_attention import CompactKV, HeadLayout, leank_decode_attention, leank_decode_torch
-
-
-def _pack(keys, values, mask, pad, sink, query_start, boundaries, spare=5) -> CompactKV:
-    """Store a dense `[B, H, T, D]` history as a CompactKV, head by head; spare capacity is NaN."""
-    batch, num_heads, length, head_dim = keys.shape
-    layout = HeadLayout.from_mask(mask)
-    recent_start, num_mid = boundaries[0], boundaries[-1] - sink
-    num_recent = max(0, length - recent_start)
-    nan = float("nan")
-    full_keys = torch.full((batch, num_heads, sink + num_recent + spare, head_dim), nan, dtype=keys.dtype)
-    full_values = torch.full_like(full_keys, nan)
-    for row in range(batch):
-        for slot in range(sink):
-            source = int(pad[row]) + slot
-            for full, dense in ((full_keys, keys), (full_values, values)):
-                full[row, :, slot] = dense[row, :, source] if source < length else 0.0
-    full_keys[:, :, sink : sink + num_recent] = keys[:, :, recent_start:]
-    full_values[:, :, sink : sink + num_recent] = values[:, :, recent_start:]
-
-    mid_cap = num_mid + spare
-    mid_keys = torch.full((batch, mid_cap * int(mask.sum())), nan, dtype=keys.dtype)
-    mid_values = torch.full((batch, layout.num_value_heads, mid_cap, head_dim), nan, dtype=keys.dtype)
-    offset = 0
-    for position, head in enumerate(layout.storage_order.tolist()):
-        kept = mask[head].nonzero().flatten()
-        block = keys[:, head, sink : sink + num_mid][..., kept]  # [B, num_mid, width]
-        start = mid_cap * offset
-        mid_keys[:, start : start + num_mid * len(kept)] = block.reshape(batch, -1)
-        if len(kept):
-            mid_values[:, position, :num_mid] = values[:, head, sink : sink + num_mid]
-        offset += len(kept)
-    return CompactKV(
-        layout=layout,
-        full_keys=full_keys,
-        full_values=full_values,
-        sink_size=sink,
-        num_recent=num_recent,
-        recent_start=recent_start,
-        mid_keys=mid_keys,
-        mid_values=mid_values,
-        mid_cap=mid_cap,
-        num_mid=num_mid,
-        pad=torch.as_tensor(pad, dtype=torch.int64),
-        query_start=query_start,
-        boundaries=tuple(boundaries),
-    )
-
-
-def _dense_attention(
-    query, keys, values, mask, pad, sink, query_start, boundaries, scale, key_mask=None
-) -> torch.Tensor:
-    """The CompactKV reading rules over the dense history, one (row, query) pair at a time, in float64."""
-    batch, num_query_heads, num_rows, head_dim = query.shape
-    num_heads = keys.shape[1]
-    groups = num_query_heads // num_heads
-    keep = mask.to(torch.float64)
-    output = torch.zeros(batch, num_query_heads, num_rows, head_dim, dtype=torch.float64)
-    for b in range(batch):
-        for i in range(num_rows):
-            position, boundary = query_start + i, boundaries[i]
-            slots = torch.arange(position + 1)
-            readable = slots >= int(pad[b])
-            if key_mask is not None:
-                readable &= key_mask[b, : position + 1]
-            full = (slots < int(pad[b]) + sink) | (slots >= boundary)
-            for j in range(num_query_heads):
-                h = j // groups
-                q = query[b, j, i].double()
-                k = keys[b, h, : position + 1].double()
-                scores = torch.where(full, k @ q, (k * keep[h]) @ q) * scale
-                allowed = readable & (full | bool(keep[h].any()))
-                weights = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=0)
-                output[b, j, i] = weights @ values[b, h, : position + 1].double()
-    return output
-
+from leank_hf.ops.decode_attention import leank_decode_attention, leank_decode_torch
+from packing import pack_compact
+from reference import dense_attention, random_layer_mask
 
 CASES = {
     # name: (batch, kv heads, groups, head_dim, widths, sink, length, rows, pads, boundaries)
@@ -100,25 +27,32 @@ CASES = {
 }
 
 
+# The PyTorch path multiplies zero weights into stored elements it must not read: those hold a finite filler.
+FILLER = 7.0
+
+
 def _case(name: str, dtype: torch.dtype, seed: int = 0, holes: bool = False):
     batch, heads, groups, head_dim, widths, sink, length, rows, pads, boundaries = CASES[name]
     generator = torch.Generator().manual_seed(seed)
-    mask = torch.zeros(heads, head_dim, dtype=torch.bool)
-    for head, width in enumerate(widths):
-        mask[head, torch.randperm(head_dim, generator=generator)[:width]] = True
+    mask = random_layer_mask(widths, head_dim, generator)
     keys = torch.randn(batch, heads, length, head_dim, generator=generator).to(dtype)
     values = torch.randn(batch, heads, length, head_dim, generator=generator).to(dtype)
     query = torch.randn(batch, heads * groups, rows, head_dim, generator=generator).to(dtype)
     pad = torch.tensor(pads)
     query_start = length - rows
-    kv = _pack(keys, values, mask, pad, sink, query_start, boundaries)
     key_mask = None
     if holes:  # ~30% of the real keys masked (sinks, middle and recent alike), never a query row's own key
         key_mask = torch.rand(batch, length + 2, generator=generator) > 0.3
         key_mask &= torch.arange(length + 2) >= pad[:, None]
         key_mask[:, query_start:length] = True
-        kv.key_mask = key_mask
-    expected = _dense_attention(query, keys, values, mask, pad, sink, query_start, boundaries, head_dim**-0.5, key_mask)
+    kv = pack_compact(
+        keys, values, mask, pad, sink=sink, boundaries=boundaries, query_start=query_start, key_mask=key_mask,
+        filler=FILLER,
+    )  # fmt: skip
+    expected = dense_attention(
+        query, keys, values, mask, pad=pad, sink=sink, boundaries=boundaries, scale=head_dim**-0.5,
+        query_start=query_start, key_mask=key_mask,
+    )  # fmt: skip
     return query, kv, expected, head_dim**-0.5
 
 
@@ -160,7 +94,7 @@ def test_middle_keys_are_never_widened() -> None:
     mask = torch.zeros(heads, head_dim, dtype=torch.bool)
     mask[0, :16], mask[1, :8], mask[3, :32] = True, True, True
     keys, values = torch.randn(batch, heads, length, head_dim), torch.randn(batch, heads, length, head_dim)
-    kv = _pack(keys, values, mask, torch.zeros(1), 4, length - 1, (length - 20,))
+    kv = pack_compact(keys, values, mask, torch.zeros(1), sink=4, boundaries=(length - 20,), filler=FILLER)
     with _LargestAllocation() as recorder:
         leank_decode_torch(torch.randn(batch, 2 * heads, 1, head_dim), kv, scale=0.125)
     assert recorder.largest < batch * heads * kv.num_mid * head_dim // 4

@@ -25,7 +25,7 @@ from leank_hf.training.attention import (
 from leank_hf.training.data import TokenizedGroup, TokenizedQuestion
 from leank_hf.training.masking import binary_mask, straight_through
 from leank_hf.training.trainer import distillation_step
-from reference import reference_model, window_start
+from reference import dense_attention, reference_model, window_start
 from tiny_models import tiny_model
 
 SINK, RECENT, FLUSH = 4, 8, 3
@@ -66,28 +66,15 @@ def peaked_model(seed: int = 0):
 
 
 def dense_scaled_reference(query, key, value, scales, skip, scaling):
-    """Per-row loop in float64: middle keys multiplied channel-wise by `scales`, skipped heads drop them."""
-    batch, num_q, n, dim = query.shape
-    num_kv, total = key.shape[1], key.shape[2]
-    out = torch.empty(batch, n, num_q, dim, dtype=torch.float64)
-    for b in range(batch):
-        for h in range(num_q):
-            kv = h // (num_q // num_kv)
-            for i in range(n):
-                slot = total - n + i
-                boundary = window_start(slot, SINK, RECENT, FLUSH)
-                logits, values = [], []
-                for g in range(slot + 1):
-                    k = key[b, kv, g].double()
-                    if SINK <= g < boundary:
-                        if skip is not None and skip[kv]:
-                            continue
-                        k = k * scales[kv].double()
-                    logits.append(scaling * (query[b, h, i].double() @ k))
-                    values.append(value[b, kv, g].double())
-                probs = torch.softmax(torch.stack(logits), 0)
-                out[b, i, h] = probs @ torch.stack(values)
-    return out
+    """tests/reference.py's rule with middle keys multiplied channel-wise by `scales`, skipped heads dropping them:
+    `[B, n, Hq, D]` in float64."""
+    total, n = key.shape[2], query.shape[2]
+    output = dense_attention(
+        query, key, value, scales, pad=torch.zeros(key.shape[0], dtype=torch.int64), sink=SINK,
+        boundaries=[window_start(slot, SINK, RECENT, FLUSH) for slot in range(total - n, total)], scale=scaling,
+        skip_heads=skip,
+    )  # fmt: skip
+    return output.transpose(1, 2)
 
 
 @pytest.mark.parametrize("dtype, atol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])

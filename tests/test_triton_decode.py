@@ -15,7 +15,10 @@ import torch
 from leank_hf import LeanKMasks
 from leank_hf.errors import LeanKUsageError
 from leank_hf.ops.decode_attention import triton as triton_decode
-from leank_hf.ops.decode_attention.layout import CompactKV, HeadLayout
+from leank_hf.ops.decode_attention.layout import CompactKV
+from leank_hf.ops.decode_attention.naive import leank_decode_torch
+from packing import pack_compact
+from reference import dense_attention, random_layer_mask, window_start
 
 HAS_CUDA = torch.cuda.is_available()
 if not HAS_CUDA and not triton_decode._INTERPRETED:
@@ -52,91 +55,6 @@ class Case:
     key_mask: torch.Tensor | None = None  # [B, >= length] bool: keys attended only where True
 
 
-def flushed(length: int, sink_size: int, recent_size: int, flush_size: int) -> int:
-    """Start of the full recent window when the cache holds `length` slots (DESIGN.md)."""
-    moved = flush_size * (max(0, length - sink_size - recent_size) // flush_size)
-    return max(sink_size, sink_size + moved)
-
-
-def mask_from_widths(widths: list[int], head_dim: int, generator: torch.Generator) -> torch.Tensor:
-    """A random [H, D] keep mask with the given number of kept channels per head."""
-    mask = torch.zeros(len(widths), head_dim, dtype=torch.bool)
-    for head, width in enumerate(widths):
-        mask[head, torch.randperm(head_dim, generator=generator)[:width]] = True
-    return mask
-
-
-def pack_case(
-    keys: torch.Tensor,
-    values: torch.Tensor,
-    mask: torch.Tensor,
-    pad: torch.Tensor,
-    *,
-    sink_size: int,
-    recent_size: int,
-    flush_size: int,
-    spare: int = 5,
-    mid_past_boundary: int = 0,
-    filler: float = float("nan"),
-) -> tuple[CompactKV, int]:
-    """Pack dense `[B, H, L, D]` keys/values into the CompactKV storage of a decode step at slot `L - 1`.
-
-    Written from the layout contract alone (not from cache.py). Every stored element the kernel must not read
-    (pads, each row's sink tokens in the middle, spare capacity, unfilled sink slots) is `filler`, NaN by default.
-    `mid_past_boundary` middle slots past the boundary hold real keys the kernel must still skip.
-    """
-    batch, num_heads, length, head_dim = keys.shape
-    layout = HeadLayout.from_mask(mask)
-    boundary = flushed(length, sink_size, recent_size, flush_size)
-    num_mid = max(0, min(boundary + mid_past_boundary, length) - sink_size)
-    num_recent = length - boundary if boundary < length else 0
-    recent_start = boundary
-    cap_full = sink_size + num_recent + spare
-    mid_cap = num_mid + spare
-
-    full_keys = torch.full((batch, num_heads, cap_full, head_dim), filler, dtype=keys.dtype)
-    full_values = torch.full_like(full_keys, filler)
-    mid_keys = torch.full((batch, mid_cap * layout.total_width), filler, dtype=keys.dtype)
-    mid_values = torch.full((batch, layout.num_value_heads, mid_cap, head_dim), filler, dtype=keys.dtype)
-    for b in range(batch):
-        p = int(pad[b])
-        for s in range(sink_size):
-            if p + s < min(length, boundary):
-                full_keys[b, :, s] = keys[b, :, p + s]
-                full_values[b, :, s] = values[b, :, p + s]
-        for r in range(num_recent):
-            g = recent_start + r
-            if g >= p:
-                full_keys[b, :, sink_size + r] = keys[b, :, g]
-                full_values[b, :, sink_size + r] = values[b, :, g]
-        for h in range(num_heads):
-            width = int(layout.widths[h])
-            if width == 0:
-                continue
-            kept = layout.channels[h, :width].long()
-            block = mid_keys[b, mid_cap * int(layout.offsets[h]) :][: mid_cap * width].view(mid_cap, width)
-            slot = int(layout.value_slots[h])
-            for t in range(p, num_mid):
-                block[t] = keys[b, h, sink_size + t, kept]
-                mid_values[b, slot, t] = values[b, h, sink_size + t]
-    kv = CompactKV(
-        layout=layout,
-        full_keys=full_keys,
-        full_values=full_values,
-        sink_size=sink_size,
-        num_recent=num_recent,
-        recent_start=recent_start,
-        mid_keys=mid_keys,
-        mid_values=mid_values,
-        mid_cap=mid_cap,
-        num_mid=num_mid,
-        pad=pad.clone(),
-        query_start=length - 1,
-        boundaries=(boundary,),
-    )
-    return kv, boundary
-
-
 def make_case(
     *,
     widths: list[int] | torch.Tensor,
@@ -151,12 +69,16 @@ def make_case(
     flush_size: int = 8,
     mid_past_boundary: int = 0,
     filler: float = float("nan"),
+    holes: dict[int, list[int]] | None = None,
+    extra: int = 3,
 ) -> Case:
+    """A decode step at slot `length - 1`. Stored elements the kernel must not read are `filler` (NaN by default);
+    `holes[row]` lists global slots masked by a key mask of `length + extra` slots (stored as `filler` too)."""
     generator = torch.Generator().manual_seed(seed)
     if isinstance(widths, torch.Tensor):
         mask = widths
     else:
-        mask = mask_from_widths(widths, head_dim, generator)
+        mask = random_layer_mask(widths, head_dim, generator)
     num_heads = mask.shape[0]
     batch = len(pads)
     shape = (batch, num_heads, length, head_dim)
@@ -164,54 +86,25 @@ def make_case(
     values = torch.randn(shape, generator=generator).to(dtype)
     query = torch.randn(batch, num_heads * group, 1, head_dim, generator=generator).to(dtype)
     pad = torch.tensor(pads, dtype=torch.int64)
-    kv, boundary = pack_case(
-        keys,
-        values,
-        mask,
-        pad,
-        sink_size=sink_size,
-        recent_size=recent_size,
-        flush_size=flush_size,
-        mid_past_boundary=mid_past_boundary,
-        filler=filler,
-    )
-    kv = to_device(kv, DEVICE)
-    return Case(query.to(DEVICE), keys.float(), values.float(), mask, pad, sink_size, boundary, kv)
-
-
-def to_device(kv: CompactKV, device: str) -> CompactKV:
-    fields = {name: getattr(kv, name) for name in kv.__dataclass_fields__}
-    for name in ("full_keys", "full_values", "mid_keys", "mid_values", "pad", "key_mask"):
-        if fields[name] is not None:
-            fields[name] = fields[name].to(device)
-    fields["layout"] = kv.layout.to(device)
-    return CompactKV(**fields)
+    key_mask = None
+    if holes is not None:
+        key_mask = torch.ones(batch, length + extra, dtype=torch.bool)
+        for b, slots in holes.items():
+            key_mask[b, slots] = False
+    boundary = window_start(length - 1, sink_size, recent_size, flush_size)
+    kv = pack_compact(
+        keys, values, mask, pad, sink=sink_size, boundaries=(boundary,), key_mask=key_mask,
+        mid_past_boundary=mid_past_boundary, filler=filler, device=DEVICE,
+    )  # fmt: skip
+    return Case(query.to(DEVICE), keys.float(), values.float(), mask, pad, sink_size, boundary, kv, key_mask)
 
 
 def dense_reference(case: Case, scale: float) -> torch.Tensor:
-    """The LeanK semantics (DESIGN.md) on dense full-width keys, in float64: `[B, Hq, 1, D]`."""
-    query = case.query.double().cpu()
-    keys, values = case.keys.double(), case.values.double()
-    batch, num_q_heads, _, head_dim = query.shape
-    num_heads, length = keys.shape[1], keys.shape[2]
-    group = num_q_heads // num_heads
-    q_slot = length - 1
-    out = torch.zeros(batch, num_q_heads, 1, head_dim, dtype=torch.float64)
-    for b in range(batch):
-        pad = int(case.pad[b])
-        slots = torch.arange(pad, q_slot + 1)
-        if case.key_mask is not None:
-            slots = slots[case.key_mask[b, slots].cpu()]
-        full = (slots - pad < case.sink_size) | (slots >= case.boundary)
-        for hq in range(num_q_heads):
-            h = hq // group
-            kept = case.mask[h].double()
-            channel_mask = torch.where(full[:, None], torch.ones(head_dim, dtype=torch.float64), kept[None, :])
-            logits = (keys[b, h, slots] * channel_mask) @ query[b, hq, 0] * scale
-            if not case.mask[h].any():
-                logits = logits.masked_fill(~full, float("-inf"))
-            out[b, hq, 0] = torch.softmax(logits, 0) @ values[b, h, slots]
-    return out
+    """The LeanK semantics (tests/reference.py) on the dense full-width keys, in float64: `[B, Hq, 1, D]`."""
+    return dense_attention(
+        case.query.cpu(), case.keys, case.values, case.mask, pad=case.pad, sink=case.sink_size,
+        boundaries=(case.boundary,), scale=scale, key_mask=case.key_mask,
+    )  # fmt: skip
 
 
 def assert_close(actual: torch.Tensor, expected: torch.Tensor, atol: float, rtol: float) -> None:
@@ -274,37 +167,14 @@ def test_short_and_heavily_padded_rows(length, pads, mid_past_boundary):
     assert_close(out, dense_reference(case, 0.3), 1e-5, 1e-5)
 
 
-def add_holes(case: Case, holes: dict[int, list[int]], extra: int = 3) -> Case:
-    """Mask global slots `holes[row]` with a key mask of `length + extra` slots; their stored keys and values turn NaN,
-    so a kernel that reads a masked key fails."""
-    kv, layout, sink = case.kv, case.kv.layout, case.sink_size
-    key_mask = torch.ones(len(case.pad), case.keys.shape[2] + extra, dtype=torch.bool)
-    for b, slots in holes.items():
-        pad = int(case.pad[b])
-        for g in slots:
-            key_mask[b, g] = False
-            if g - pad < sink:
-                kv.full_keys[b, :, g - pad] = kv.full_values[b, :, g - pad] = float("nan")
-            if kv.recent_start <= g < kv.recent_start + kv.num_recent:
-                kv.full_keys[b, :, sink + g - kv.recent_start] = float("nan")
-                kv.full_values[b, :, sink + g - kv.recent_start] = float("nan")
-            if 0 <= g - sink < kv.num_mid:
-                t = g - sink
-                kv.mid_values[b, :, t] = float("nan")
-                for h in range(layout.num_kv_heads):
-                    width, start = int(layout.widths[h]), kv.mid_cap * int(layout.offsets[h])
-                    kv.mid_keys[b, start + t * width : start + (t + 1) * width] = float("nan")
-    case.key_mask = key_mask
-    kv.key_mask = key_mask.to(kv.pad.device)
-    return case
-
-
 @pytest.mark.parametrize("dtype, atol, rtol", DTYPES)
 def test_key_mask_holes_are_never_read(dtype, atol, rtol):
     """Masked slots that are not left padding (in a sink, the middle, the recent window) are skipped, not read."""
-    case = make_case(widths=[32, 0, 16], head_dim=32, group=2, length=70, pads=[0, 9], dtype=dtype, seed=13)
+    holes = {0: [2, 20, 21, 22, 23, 24, 25, 66], 1: [12, *range(30, 38), 45, 46]}
+    case = make_case(
+        widths=[32, 0, 16], head_dim=32, group=2, length=70, pads=[0, 9], dtype=dtype, seed=13, holes=holes
+    )
     assert case.boundary == 40
-    case = add_holes(case, {0: [2, 20, 21, 22, 23, 24, 25, 66], 1: [12, *range(30, 38), 45, 46]})
     out = triton_decode.leank_decode_fwd(case.query, case.kv, 0.3, num_splits=2, block_n=16)
     assert_close(out, dense_reference(case, 0.3), atol, rtol)
 
@@ -338,14 +208,13 @@ def test_default_split_choice_and_larger_context():
 
 @pytest.mark.parametrize("dtype, atol, rtol", DTYPES)
 def test_matches_torch_path(dtype, atol, rtol):
-    naive = pytest.importorskip("leank_hf.ops.decode_attention.naive")
     # The PyTorch path multiplies zero weights into the stored values of invalid slots: fill them finitely.
     case = make_case(
         widths=[64, 0, 32, 16], head_dim=64, group=4, length=233, pads=[0, 29], dtype=dtype, seed=11, filler=7.0,
         mid_past_boundary=5,
     )  # fmt: skip
     out = triton_decode.leank_decode_triton(case.query, case.kv, scale=0.125)
-    expected = naive.leank_decode_torch(case.query, case.kv, scale=0.125)
+    expected = leank_decode_torch(case.query, case.kv, scale=0.125)
     assert_close(out, expected.double().cpu(), atol, rtol)
     assert_close(out, dense_reference(case, 0.125), atol, rtol)
 

@@ -1,0 +1,103 @@
+"""Dense keys/values -> `CompactKV`, written from the storage contract (layout.py) alone, not from cache.py.
+
+The library's `HeadLayout` / `CompactKV` are only the containers filled here; which key is stored where follows the
+`CompactKV` docstring. Every stored element no query row may read (left pads, each row's sink tokens in the middle,
+masked keys, sink slots past the sequence) holds `filler`; spare capacity always holds NaN.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from leank_hf.ops.decode_attention.layout import CompactKV, HeadLayout
+
+
+def pack_compact(
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    mask: torch.Tensor,
+    pad,
+    *,
+    sink: int,
+    boundaries,
+    query_start: int | None = None,
+    key_mask: torch.Tensor | None = None,
+    mid_past_boundary: int = 0,
+    spare: int = 5,
+    filler: float = float("nan"),
+    device: torch.device | str | None = None,
+) -> CompactKV:
+    """Store a dense `[B, H, L, D]` history for query rows at global slots `query_start + i` (default: `L - 1`, one
+    decode row) whose full windows start at `boundaries[i]` (non-decreasing).
+
+    The recent region starts at `boundaries[0]`; the middle ends at `boundaries[-1] + mid_past_boundary` (middle slots
+    past the boundary hold real keys a reader must still skip). `key_mask [B, >= L]` (False: never read) becomes the
+    `CompactKV`'s key mask, and its masked keys are stored as `filler`.
+    """
+    batch, num_heads, length, head_dim = keys.shape
+    pad = torch.as_tensor(pad, dtype=torch.int64).reshape(batch)
+    layout = HeadLayout.from_mask(mask)
+    recent_start = boundaries[0]
+    num_recent = max(0, length - recent_start)
+    num_mid = max(0, min(boundaries[-1] + mid_past_boundary, length) - sink)
+    mid_cap = num_mid + spare
+    nan = float("nan")
+
+    def readable(row: int, slot: int) -> bool:
+        return key_mask is None or bool(key_mask[row, slot])
+
+    full_keys = torch.full((batch, num_heads, sink + num_recent + spare, head_dim), nan, dtype=keys.dtype)
+    full_values = torch.full_like(full_keys, nan)
+    full_keys[:, :, : sink + num_recent] = full_values[:, :, : sink + num_recent] = filler
+    mid_keys = torch.full((batch, mid_cap * layout.total_width), nan, dtype=keys.dtype)
+    mid_values = torch.full((batch, layout.num_value_heads, mid_cap, head_dim), nan, dtype=keys.dtype)
+    mid_values[:, :, :num_mid] = filler
+    for b in range(batch):
+        p = int(pad[b])
+        for s in range(sink):
+            g = p + s
+            if g < min(length, boundaries[-1]) and readable(b, g):
+                full_keys[b, :, s], full_values[b, :, s] = keys[b, :, g], values[b, :, g]
+        for r in range(num_recent):
+            g = recent_start + r
+            if g >= p and readable(b, g):
+                full_keys[b, :, sink + r], full_values[b, :, sink + r] = keys[b, :, g], values[b, :, g]
+        for h in range(num_heads):
+            width = int(layout.widths[h])
+            if width == 0:
+                continue
+            kept = layout.channels[h, :width].long()
+            block = mid_keys[b, mid_cap * int(layout.offsets[h]) :][: mid_cap * width].view(mid_cap, width)
+            block[:num_mid] = filler
+            slot = int(layout.value_slots[h])
+            for t in range(p, num_mid):
+                if readable(b, sink + t):
+                    block[t] = keys[b, h, sink + t, kept]
+                    mid_values[b, slot, t] = values[b, h, sink + t]
+    kv = CompactKV(
+        layout=layout,
+        full_keys=full_keys,
+        full_values=full_values,
+        sink_size=sink,
+        num_recent=num_recent,
+        recent_start=recent_start,
+        mid_keys=mid_keys,
+        mid_values=mid_values,
+        mid_cap=mid_cap,
+        num_mid=num_mid,
+        pad=pad.clone(),
+        query_start=length - 1 if query_start is None else query_start,
+        boundaries=tuple(boundaries),
+        key_mask=key_mask,
+    )
+    return kv if device is None else to_device(kv, device)
+
+
+def to_device(kv: CompactKV, device: torch.device | str) -> CompactKV:
+    """A copy of `kv` with every tensor on `device`."""
+    fields = {name: getattr(kv, name) for name in kv.__dataclass_fields__}
+    for name in ("full_keys", "full_values", "mid_keys", "mid_values", "pad", "key_mask"):
+        if fields[name] is not None:
+            fields[name] = fields[name].to(device)
+    fields["layout"] = kv.layout.to(device)
+    return CompactKV(**fields)
