@@ -7,7 +7,7 @@
 # Needs torch, triton, transformers, safetensors and huggingface_hub already installed; uses the source tree through
 # PYTHONPATH (no install, no network: the Llama mask is the bundled copy). The random model (Llama-3.1-8B's attention
 # shape, $LAYERS layers, bf16) is saved under $WORK. Every stage has a time limit; the whole script stays under
-# 9 minutes (limits 20 + 150 + 150 + 210 s). Stages and their code: leank_hf/benchmarks/generate_tp.py.
+# 9 minutes (limits 20 + 150 + 150 + 210 s). Stages and their code: leank_hf/tools/benchmarks/generate_tp.py.
 set -uo pipefail
 
 OUT=${OUT:-benchmarks/results/gpu_tp}
@@ -44,14 +44,14 @@ $PYTHON -c 'import sys, torch, triton, transformers; print(sys.version.split()[0
 git rev-parse --short HEAD 2>/dev/null || true"
 
 # One GPU: save the random model, and greedy / left-padded-batch outputs of DynamicCache + sdpa and LeanK + Triton.
-stage reference 150 env CUDA_VISIBLE_DEVICES=0 "$PYTHON" -m leank_hf.benchmarks.generate_tp reference "$WORK" \
+stage reference 150 env CUDA_VISIBLE_DEVICES=0 "$PYTHON" -m leank_hf.tools.benchmarks.generate_tp reference "$WORK" \
     --layers "$LAYERS"
 
 # TP 2: the same cases with tp_plan="auto" and LeanKCache.for_model, compared with the one-GPU outputs (tp_check).
-stage check 150 "${TORCHRUN[@]}" -m leank_hf.benchmarks.generate_tp check "$WORK" "$OUT"
+stage check 150 "${TORCHRUN[@]}" -m leank_hf.tools.benchmarks.generate_tp check "$WORK" "$OUT"
 
 # TP 2: decode tok/s and per-GPU peak memory at 32K and 128K tokens, batch 1 and 8, both methods (tp_decode).
-stage bench 210 "${TORCHRUN[@]}" -m leank_hf.benchmarks.generate_tp bench "$WORK" "$OUT" \
+stage bench 210 "${TORCHRUN[@]}" -m leank_hf.tools.benchmarks.generate_tp bench "$WORK" "$OUT" \
     --contexts 32k,128k --batches 1,8 --steps 16
 
 echo

@@ -17,8 +17,8 @@ import time
 
 import torch
 
-from leank_hf.benchmarks import BenchmarkResult
-from leank_hf.models import load_embedded_model
+from leank_hf.tools.benchmarks import BenchmarkResult
+from leank_hf.tools.models import load_embedded_model
 from leank_hf.training.attention import MiddleKeyScaling, scaled_middle_keys, training_attention_enabled
 from leank_hf.training.data import make_multikey_sample, tokenize_sample
 from leank_hf.training.trainer import distillation_step

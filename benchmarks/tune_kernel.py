@@ -16,8 +16,8 @@ import torch
 import triton.testing
 
 from leank_hf import LeanKMasks
-from leank_hf.benchmarks.kernel import _bench, _layer_caches, _leank_bytes, copy_bandwidth_gbps, host_us_per_call
 from leank_hf.ops.decode_attention.triton import _check_inputs, _choose_splits, _sm_count, leank_decode_fwd
+from leank_hf.tools.benchmarks.kernel import _bench, _layer_caches, _leank_bytes, copy_bandwidth_gbps, host_us_per_call
 
 POINTS = [(32768, 8), (32768, 1), (131072, 1), (32768, 32)]
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from leank_hf import LeanKCache, apply_leank
-from leank_hf.models import EMBEDDED_MODEL_ID, load_model
+from leank_hf.tools.models import EMBEDDED_MODEL_ID, load_model
 from leank_hf.training.data import make_multikey_sample
 
 

@@ -15,7 +15,7 @@ import argparse
 import torch
 
 from leank_hf import train_masks
-from leank_hf.models import load_model
+from leank_hf.tools.models import load_model
 from leank_hf.training import SyntheticRetrievalData
 
 

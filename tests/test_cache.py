@@ -300,8 +300,8 @@ def test_sliding_window_model_with_pruning_mask_is_refused() -> None:
 
 def test_memory_benchmark_cuts_the_middle_by_the_mask(tmp_path) -> None:
     """The bench's numbers, from real caches of Llama-3.1-8B's shape (meta device): 43.6% less middle KV."""
-    from leank_hf.benchmarks.memory import MODELS, measure
     from leank_hf.cli.main import main
+    from leank_hf.tools.benchmarks.memory import MODELS, measure
 
     masks = LeanKMasks.from_pretrained(MODELS["Llama-3.1-8B"][0])
     result = measure(masks, MODELS["Llama-3.1-8B"][1](), 4096)

@@ -7,8 +7,7 @@ import torch
 from transformers import MistralConfig
 
 from leank_hf import LeanKCache, LeanKUsageError, MaskError
-from leank_hf.contract import ModelShape, Windows
-from leank_hf.training.trainer import model_shape
+from leank_hf.contract import ModelShape, Windows, full_attention_mask_shape
 from tiny_models import random_masks, tiny_model
 
 
@@ -54,7 +53,7 @@ def test_mistral_sliding_window_without_layer_types_is_refused_up_front() -> Non
     model = tiny_model("mistral", sliding_window=16)
     model.config.layer_types = None
     with pytest.raises(LeanKUsageError, match="all full attention"):
-        model_shape(model)
+        full_attention_mask_shape(model, "the trainer")
 
 
 def test_model_shape_reads_head_dim_and_kv_heads_defaults() -> None:

@@ -13,7 +13,7 @@ from tiny_models import tiny_model
 
 
 def test_layer_progress_counts_every_layer_and_leaves_outputs_alone():
-    from leank_hf.demo import layer_progress
+    from leank_hf.tools.demo import layer_progress
 
     model = tiny_model("llama")
     input_ids = torch.randint(0, model.config.vocab_size, (1, 12))
@@ -29,7 +29,7 @@ def test_layer_progress_counts_every_layer_and_leaves_outputs_alone():
 
 
 def test_layer_progress_obeys_transformers_disable_progress_bar(capfd):
-    from leank_hf.demo import layer_progress
+    from leank_hf.tools.demo import layer_progress
 
     model = tiny_model("llama")
     input_ids = torch.randint(0, model.config.vocab_size, (1, 12))
@@ -48,7 +48,7 @@ def test_layer_progress_obeys_transformers_disable_progress_bar(capfd):
 @pytest.mark.parametrize("disabled", ["1", None])
 def test_layer_progress_obeys_hf_hub_disable_progress_bars(disabled):
     script = (
-        "import torch; from tiny_models import tiny_model; from leank_hf.demo import layer_progress\n"
+        "import torch; from tiny_models import tiny_model; from leank_hf.tools.demo import layer_progress\n"
         "model = tiny_model('llama')\n"
         "with torch.no_grad(), layer_progress(model, 'env prefill'): model(torch.zeros(1, 4, dtype=torch.long))\n"
     )
@@ -64,9 +64,9 @@ def test_layer_progress_obeys_hf_hub_disable_progress_bars(disabled):
 @pytest.mark.smollm2
 @pytest.mark.slow
 def test_demo_answers_like_the_full_model_with_fewer_kv_bytes():
-    from leank_hf.demo import EMBEDDED_BASE_MODEL, run_demo
     from leank_hf.masks import LeanKMasks
-    from leank_hf.models import load_embedded_model
+    from leank_hf.tools.demo import EMBEDDED_BASE_MODEL, run_demo
+    from leank_hf.tools.models import load_embedded_model
 
     model, tokenizer = load_embedded_model(dtype=torch.float32)
     masks = LeanKMasks.from_pretrained(EMBEDDED_BASE_MODEL)

@@ -7,7 +7,7 @@ import torch
 
 from byte_tokenizer import byte_tokenizer
 from leank_hf import LeanKMasks
-from leank_hf.evaluation import (
+from leank_hf.tools.evaluation import (
     baseline_masks,
     eval_seed,
     evaluate_retrieval,

@@ -33,7 +33,7 @@ def test_every_example_script_is_run_here_and_listed_in_its_readme():
 
 @pytest.fixture(scope="module")
 def embedded():
-    from leank_hf.models import load_embedded_model
+    from leank_hf.tools.models import load_embedded_model
 
     return load_embedded_model(dtype=torch.float32)
 
@@ -91,7 +91,7 @@ def test_push_then_load_from_the_model_repo_subfolder(embedded, hub, tmp_path, m
     from huggingface_hub import constants
 
     from leank_hf import LeanKMasks
-    from leank_hf.models import embedded_cache_dir
+    from leank_hf.tools.models import embedded_cache_dir
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
     monkeypatch.setenv("HF_TOKEN", "hf_example")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from leank_hf import models
 from leank_hf.errors import LeanKUsageError
+from leank_hf.tools import models
 
 
 def test_missing_package_names_the_install_command(monkeypatch):

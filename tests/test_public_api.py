@@ -81,3 +81,27 @@ def test_mask_api_is_present():
 
 def test_version_matches_the_installed_metadata():
     assert leank_hf.__version__ == importlib.metadata.version("leank_hf")
+
+
+def test_library_never_imports_the_tools():
+    """DESIGN.md's layers: only `cli/` (lazily) and `tools/` itself import `leank_hf.tools`."""
+    import ast
+    from pathlib import Path
+
+    package = Path(leank_hf.__file__).parent
+    offenders = []
+    for path in sorted(package.rglob("*.py")):
+        relative = path.relative_to(package)
+        if relative.parts[0] in ("tools", "cli"):
+            continue
+        depth = len(relative.parts) - 1  # `from ..tools` in a subpackage, `from .tools` at the root
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""] + [alias.name for alias in node.names]
+                absolute = node.level == 0 and (node.module or "").startswith("leank_hf.tools")
+                relative_hit = node.level == depth + 1 and any(n == "tools" or n.startswith("tools.") for n in names)
+                if absolute or relative_hit:
+                    offenders.append(str(relative))
+            elif isinstance(node, ast.Import) and any(a.name.startswith("leank_hf.tools") for a in node.names):
+                offenders.append(str(relative))
+    assert not offenders

@@ -142,3 +142,13 @@ class ModelShape:
             raise LeanKUsageError(
                 f"{purpose} supports models whose layers are all full attention; {self.name!r} has {others} layers"
             )
+
+
+def full_attention_mask_shape(model, purpose: str) -> tuple[int, int, int]:
+    """`(num_layers, num_kv_heads, head_dim)` of a decoder whose layers are all full attention.
+
+    Raises `LeanKUsageError` naming `purpose` (e.g. `"the trainer"`) for any other layer type.
+    """
+    shape = ModelShape.from_config(model.config)
+    shape.require_all_full_attention(purpose)
+    return shape.mask_shape

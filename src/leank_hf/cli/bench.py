@@ -15,14 +15,14 @@ from typing import TYPE_CHECKING
 from . import arguments as arg
 
 if TYPE_CHECKING:
-    from ..benchmarks import BenchmarkResult
+    from ..tools.benchmarks import BenchmarkResult
 
 COMMANDS = {"bench": "benchmarks (memory, decode, ...)"}
 
 
 def add_output_options(parser: argparse.ArgumentParser) -> None:
     """`--output-dir` and `--no-save`, and `run_and_save` as the command."""
-    from ..benchmarks import RESULTS_DIR
+    from ..tools.benchmarks import RESULTS_DIR
 
     parser.add_argument(
         "--output-dir",
@@ -35,7 +35,7 @@ def add_output_options(parser: argparse.ArgumentParser) -> None:
 
 
 def add_memory(benchmarks: argparse._SubParsersAction) -> None:
-    from ..benchmarks.memory import DEFAULT_TOKENS, MODELS, run_memory_benchmark
+    from ..tools.benchmarks.memory import DEFAULT_TOKENS, MODELS, run_memory_benchmark
 
     parser = benchmarks.add_parser(
         "memory",
@@ -58,7 +58,7 @@ def add_memory(benchmarks: argparse._SubParsersAction) -> None:
 def add_decode(benchmarks: argparse._SubParsersAction) -> None:
     import torch
 
-    from ..benchmarks.decode_cpu import DEFAULT_CONTEXTS, run_decode_benchmark
+    from ..tools.benchmarks.decode_cpu import DEFAULT_CONTEXTS, run_decode_benchmark
 
     parser = benchmarks.add_parser(
         "decode",
@@ -83,7 +83,7 @@ def add_decode(benchmarks: argparse._SubParsersAction) -> None:
 
 
 def add_kernel(benchmarks: argparse._SubParsersAction) -> None:
-    from ..benchmarks.kernel import DEFAULT_BATCHES, DEFAULT_CONTEXTS, run_kernel_benchmark
+    from ..tools.benchmarks.kernel import DEFAULT_BATCHES, DEFAULT_CONTEXTS, run_kernel_benchmark
 
     parser = benchmarks.add_parser(
         "kernel",
@@ -102,7 +102,7 @@ def add_kernel(benchmarks: argparse._SubParsersAction) -> None:
 
 
 def add_generate(benchmarks: argparse._SubParsersAction) -> None:
-    from ..benchmarks.generate_gpu import METHODS, run_generate_benchmark
+    from ..tools.benchmarks.generate_gpu import METHODS, run_generate_benchmark
 
     parser = benchmarks.add_parser(
         "generate",

@@ -21,9 +21,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _load(args: argparse.Namespace):
     import torch
 
-    from ..demo import EMBEDDED_BASE_MODEL
     from ..masks import LeanKMasks
-    from ..models import load_model
+    from ..tools.demo import EMBEDDED_BASE_MODEL
+    from ..tools.models import load_model
 
     if args.model == "embedded":
         print("Loading SmolLM2-135M-Instruct (embedded; converted and cached on first use)...")
@@ -35,7 +35,7 @@ def _load(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..demo import run_demo
+    from ..tools.demo import run_demo
 
     model, tokenizer, masks = _load(args)
     print(

@@ -17,7 +17,7 @@ COMMANDS = {"eval": "retrieval accuracy: full model vs LeanK mask vs baselines"}
 def register(subparsers: argparse._SubParsersAction) -> None:
     import torch
 
-    from ..evaluation import BASELINES, EVAL_TASKS
+    from ..tools.evaluation import BASELINES, EVAL_TASKS
 
     parser = subparsers.add_parser(
         "eval",
@@ -78,8 +78,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     import torch
 
     from .. import __version__
-    from ..evaluation import baseline_masks, evaluate_retrieval, format_table, verify_deployed
-    from ..models import load_model
+    from ..tools.evaluation import baseline_masks, evaluate_retrieval, format_table, verify_deployed
+    from ..tools.models import load_model
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -112,7 +112,7 @@ def _read_pairs(path: str) -> list[tuple[str, str]]:
 def _train(args: argparse.Namespace) -> int:
     import torch
 
-    from ..models import load_model
+    from ..tools.models import load_model
     from ..training import PromptAnswerData, SyntheticRetrievalData, train_masks
     from ..training.trainer import check_run_folder
 

@@ -181,3 +181,13 @@ def truncate_cache(cache, length: int) -> None:
         if getattr(layer, "is_initialized", False) and layer.keys is not None and layer.keys.numel():
             layer.keys = layer.keys[..., :length, :].detach()
             layer.values = layer.values[..., :length, :].detach()
+
+
+def prefill(model, prefix_ids: torch.Tensor):
+    """Run `prefix_ids [P]` once without gradients (exact attention) and return the filled `DynamicCache`."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=model.config)
+    with torch.no_grad():
+        model.base_model(input_ids=prefix_ids.to(model.device)[None], past_key_values=cache, use_cache=True)
+    return cache

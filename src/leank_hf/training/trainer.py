@@ -27,10 +27,16 @@ import torch.nn.functional as F
 from transformers.utils.logging import tqdm
 
 from ..constants import CONFIG_NAME
-from ..contract import ModelShape
+from ..contract import full_attention_mask_shape
 from ..errors import LeanKUsageError
 from ..masks import LeanKMasks
-from .attention import MiddleKeyScaling, scaled_middle_keys, training_attention_enabled, truncate_cache
+from .attention import (
+    MiddleKeyScaling,
+    prefill,
+    scaled_middle_keys,
+    training_attention_enabled,
+    truncate_cache,
+)
 from .checkpoint import CHECKPOINT_NAME, LOG_NAME, load_checkpoint, save_checkpoint
 from .data import TokenizedGroup, as_training_data
 from .masking import binary_mask, straight_through
@@ -130,13 +136,6 @@ def check_run_folder(output_dir: str | os.PathLike | None, *, resume: bool, over
         torch.distributed.barrier()  # every process has looked before process 0 writes the new run
 
 
-def model_shape(model) -> tuple[int, int, int]:
-    """`(num_layers, num_kv_heads, head_dim)` of a decoder; raises for layer types the trainer cannot prune."""
-    shape = ModelShape.from_config(model.config)
-    shape.require_all_full_attention("the trainer")
-    return shape.mask_shape
-
-
 def _distributed() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
@@ -152,16 +151,6 @@ def _middle_scaling(
         mask = binary_mask(alpha, settings.ratio, settings.align, alpha_sum)
         scales, skip = straight_through(alpha, mask), ~mask.any(-1)
     return MiddleKeyScaling(scales, skip, settings.sink_size, settings.recent_size, settings.flush_size, checkpoint)
-
-
-def prefill(model, prefix_ids: torch.Tensor):
-    """Run `prefix_ids [P]` once without gradients (exact attention) and return the filled `DynamicCache`."""
-    from transformers import DynamicCache
-
-    cache = DynamicCache(config=model.config)
-    with torch.no_grad():
-        model.base_model(input_ids=prefix_ids.to(model.device)[None], past_key_values=cache, use_cache=True)
-    return cache
 
 
 def distillation_step(model, group: TokenizedGroup, scaling_fn, *, cache=None, questions=None) -> float:
@@ -295,7 +284,7 @@ def train_masks(
         seed,
     )
     settings.validate()
-    shape = model_shape(model)
+    shape = full_attention_mask_shape(model, "the trainer")
     if shape[2] % align:
         raise LeanKUsageError(f"`align`={align} must divide the model's head_dim={shape[2]}")
     if checkpoint_every < 1:

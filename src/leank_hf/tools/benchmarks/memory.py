@@ -14,8 +14,8 @@ from typing import Any
 import torch
 from transformers import DynamicCache, LlamaConfig, Qwen2Config
 
-from ..cache import LeanKCache, LeanKLayer, MemoryFootprint
-from ..masks import LeanKMasks
+from ...cache import LeanKCache, LeanKLayer, MemoryFootprint
+from ...masks import LeanKMasks
 from . import BenchmarkResult, mib
 
 # name: (mask / base model id, config with the model's attention shape; no weights are needed)

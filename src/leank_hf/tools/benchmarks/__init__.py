@@ -71,7 +71,7 @@ def environment() -> dict[str, Any]:
     """Versions, hardware and commit, recorded with every result."""
     import transformers
 
-    from .. import __version__
+    from ... import __version__
 
     info: dict[str, Any] = {
         "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -12,10 +12,10 @@ import torch
 from transformers import DynamicCache
 from transformers.utils.logging import tqdm
 
-from .attention import apply_leank
-from .cache import LeanKCache
-from .masks import LeanKMasks
-from .training.data import chat_prompt_ids, make_multikey_sample
+from ..attention import apply_leank
+from ..cache import LeanKCache
+from ..masks import LeanKMasks
+from ..training.data import chat_prompt_ids, make_multikey_sample
 
 EMBEDDED_BASE_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 

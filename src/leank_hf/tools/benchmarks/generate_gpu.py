@@ -33,11 +33,11 @@ from transformers import (
     StoppingCriteriaList,
 )
 
-from ..attention import apply_leank, revert_leank
-from ..cache import LeanKCache, LeanKLayer
-from ..errors import LeanKUsageError
-from ..masks import LeanKMasks
-from ..static_cache import LeanKStaticCache
+from ...attention import apply_leank, revert_leank
+from ...cache import LeanKCache, LeanKLayer
+from ...errors import LeanKUsageError
+from ...masks import LeanKMasks
+from ...static_cache import LeanKStaticCache
 from . import BenchmarkResult
 from .kernel import copy_bandwidth_gbps
 

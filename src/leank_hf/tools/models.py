@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from .constants import CONFIG_NAME
-from .errors import LeanKUsageError
+from ..constants import CONFIG_NAME
+from ..errors import LeanKUsageError
 
 logger = logging.getLogger(__name__)
 

@@ -2,9 +2,9 @@
 
 `benchmarks/tp_gpu_run.sh` runs the three stages (WORK holds the model, OUT the results):
 
-    python -m leank_hf.benchmarks.generate_tp reference WORK                       # one GPU
-    torchrun --nproc_per_node 2 -m leank_hf.benchmarks.generate_tp check WORK OUT  # tp_check.json / .md
-    torchrun --nproc_per_node 2 -m leank_hf.benchmarks.generate_tp bench WORK OUT  # tp_decode.json / .md
+    python -m leank_hf.tools.benchmarks.generate_tp reference WORK                       # one GPU
+    torchrun --nproc_per_node 2 -m leank_hf.tools.benchmarks.generate_tp check WORK OUT  # tp_check.json / .md
+    torchrun --nproc_per_node 2 -m leank_hf.tools.benchmarks.generate_tp bench WORK OUT  # tp_decode.json / .md
 
 `reference` saves a random bf16 Llama with Llama-3.1-8B's attention shape (`generate_gpu.build_model`, fewer layers)
 to WORK/model, and the tokens and logits of greedy `generate` (one prompt; a left-padded batch of three) with
@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM
 
-from ..masks import LeanKMasks
+from ...masks import LeanKMasks
 from . import BenchmarkResult
 from .generate_gpu import GIB, SEARCHED, build_model, cache_bytes, fill_random, llama_masks, new_cache, switch_attention
 

@@ -24,9 +24,9 @@ from transformers.cache_utils import DynamicLayer
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.utils.logging import tqdm
 
-from ..attention import apply_leank, implementation_name
-from ..cache import LeanKCache, LeanKLayer
-from ..masks import LeanKMasks
+from ...attention import apply_leank, implementation_name
+from ...cache import LeanKCache, LeanKLayer
+from ...masks import LeanKMasks
 from . import BenchmarkResult
 
 MASK_ID = "meta-llama/Llama-3.1-8B-Instruct"

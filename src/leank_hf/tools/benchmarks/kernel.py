@@ -22,10 +22,10 @@ from dataclasses import asdict, dataclass
 import torch
 from transformers.utils.logging import tqdm
 
-from ..contract import Windows
-from ..errors import LeanKUsageError
-from ..masks import LeanKMasks
-from ..ops.decode_attention.layout import CompactKV, HeadLayout
+from ...contract import Windows
+from ...errors import LeanKUsageError
+from ...masks import LeanKMasks
+from ...ops.decode_attention.layout import CompactKV, HeadLayout
 from . import BenchmarkResult
 
 MASK_ID = "meta-llama/Llama-3.1-8B-Instruct"
@@ -160,7 +160,7 @@ def bench_point(
     rep_ms: int = 40,
 ) -> KernelResult:
     """Time the LeanK kernel on every layer in `layers` and dense decode attention on the same context."""
-    from ..ops.decode_attention.triton import leank_decode_triton
+    from ...ops.decode_attention.triton import leank_decode_triton
 
     element = torch.finfo(dtype).bits // 8
     scale = HEAD_DIM**-0.5
@@ -234,7 +234,7 @@ def _fits(context: int, batch: int, dtype: torch.dtype) -> bool:
 
 def measure_host_cost(masks: LeanKMasks, dtype: torch.dtype = torch.bfloat16) -> dict[str, float]:
     """Host microseconds per call of the LeanK kernel and of SDPA on a small problem (8K tokens, batch 1, layer 0)."""
-    from ..ops.decode_attention.triton import leank_decode_triton
+    from ...ops.decode_attention.triton import leank_decode_triton
 
     (kv,) = _layer_caches(masks, [0], 8192, 1, dtype)
     query = torch.randn(1, NUM_Q_HEADS, 1, HEAD_DIM, device="cuda", dtype=dtype)

@@ -21,12 +21,18 @@ from typing import Any
 import torch
 from transformers.utils.logging import tqdm
 
-from .errors import LeanKUsageError
-from .masks import LeanKMasks
-from .training.attention import MiddleKeyScaling, scaled_middle_keys, training_attention_enabled, truncate_cache
-from .training.data import make_multikey_sample, make_multivalue_sample, tokenize_sample
-from .training.masking import binary_mask
-from .training.trainer import model_shape, prefill
+from ..contract import full_attention_mask_shape
+from ..errors import LeanKUsageError
+from ..masks import LeanKMasks
+from ..training.attention import (
+    MiddleKeyScaling,
+    prefill,
+    scaled_middle_keys,
+    training_attention_enabled,
+    truncate_cache,
+)
+from ..training.data import make_multikey_sample, make_multivalue_sample, tokenize_sample
+from ..training.masking import binary_mask
 
 EVAL_TASKS = ("multikey", "multivalue")
 BASELINES = ("random", "key_norm", "rope_low_freq")
@@ -77,7 +83,7 @@ def measure_key_norms(model, tokenizer, *, lengths=(1024, 2048), seed: int = 0) 
 
     The prompts are training-distribution samples (seeds below `2**40`), never evaluation samples.
     """
-    totals = torch.zeros(model_shape(model), dtype=torch.float64)
+    totals = torch.zeros(full_attention_mask_shape(model, "the evaluation"), dtype=torch.float64)
     count = 0
     for index, length in enumerate(lengths):
         group = tokenize_sample(tokenizer, eval_sample(tokenizer, EVAL_TASKS[index % 2], length, seed * 7 + index))
@@ -315,8 +321,8 @@ def verify_deployed(model, tokenizer, masks: LeanKMasks, report: dict[str, Any],
 
     The questions are taken from the first context of each task and length, where method `name` was decoded.
     """
-    from .attention import apply_leank, revert_leank
-    from .cache import LeanKCache
+    from ..attention import apply_leank, revert_leank
+    from ..cache import LeanKCache
 
     seed = report["settings"]["seed"]
     checked = matches = 0
