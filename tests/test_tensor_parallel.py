@@ -15,10 +15,13 @@ from leank_hf import LeanKCache, apply_leank
 from tiny_models import random_masks, tiny_model
 from tp_worker import run_cases
 
-pytestmark = pytest.mark.skipif(
-    not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
-    reason="needs torch.distributed with the gloo backend",
-)
+pytestmark = [
+    pytest.mark.skipif(
+        not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+        reason="needs torch.distributed with the gloo backend",
+    ),
+    pytest.mark.slow,  # a torchrun launch of two processes
+]
 
 ATOL = 1e-5  # fp32: the ranks' partial o_proj / down_proj outputs are summed in another order than one matmul
 # Kept channels of the tiny Llama's 2 KV heads (head_dim 32) per layer; rank 0 holds head 0, rank 1 head 1: uneven
