@@ -42,7 +42,7 @@ stage kernel 165 $PYTHON -m leank_hf.cli.main bench kernel --contexts 8k,32k,128
     --output-dir "$OUT"
 
 # End to end: generate() at 32K tokens, 256 new tokens, batch 1 and 8, plus the largest batch per method.
-stage generate 180 $PYTHON -m leank_hf.cli.main bench generate --context 32k --new-tokens 256 --batches 1,8 \
+stage generate 180 $PYTHON -m leank_hf.cli.main bench generate --contexts 32k --methods sdpa,leank --new-tokens 256 --batches 1,8 \
     --output-dir "$OUT"
 
 echo
