@@ -14,18 +14,9 @@ export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
 export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 PYTHON=${PYTHON:-python3}
-: >"$OUT/stages.txt"
 
-# stage NAME LIMIT_SECONDS COMMAND...: run with a time limit, log to $OUT/NAME.log, record rc and duration.
-stage() {
-    local name=$1 limit=$2
-    shift 2
-    echo "=== $name (limit ${limit}s): $*"
-    local t0=$SECONDS
-    timeout --signal=INT --kill-after=5 "$limit" "$@" 2>&1 | tee "$OUT/$name.log"
-    local rc=${PIPESTATUS[0]}
-    echo "$name: rc=$rc, $((SECONDS - t0)) s" | tee -a "$OUT/stages.txt"
-}
+# shellcheck source=benchmarks/stage.sh
+source "$(dirname "${BASH_SOURCE[0]}")/stage.sh"
 
 stage env 20 bash -c "nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,clocks.max.mem,driver_version --format=csv
 $PYTHON -c 'import sys, torch, triton, transformers; print(sys.version.split()[0], \"torch\", torch.__version__, \"triton\", triton.__version__, \"transformers\", transformers.__version__, torch.cuda.get_device_name())'

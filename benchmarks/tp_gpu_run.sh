@@ -25,18 +25,9 @@ export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVL
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}
 PYTHON=${PYTHON:-python3}
 TORCHRUN=("$PYTHON" -m torch.distributed.run --standalone --nproc_per_node 2)
-: >"$OUT/stages.txt"
 
-# stage NAME LIMIT_SECONDS COMMAND...: run with a time limit, log to $OUT/NAME.log, record rc and duration.
-stage() {
-    local name=$1 limit=$2
-    shift 2
-    echo "=== $name (limit ${limit}s): $*"
-    local t0=$SECONDS
-    timeout --signal=INT --kill-after=5 "$limit" "$@" 2>&1 | tee "$OUT/$name.log"
-    local rc=${PIPESTATUS[0]}
-    echo "$name: rc=$rc, $((SECONDS - t0)) s" | tee -a "$OUT/stages.txt"
-}
+# shellcheck source=benchmarks/stage.sh
+source "$(dirname "${BASH_SOURCE[0]}")/stage.sh"
 
 stage env 20 bash -c "nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 nvidia-smi topo -m || true
