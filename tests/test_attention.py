@@ -12,7 +12,8 @@ from transformers.masking_utils import sdpa_mask
 
 from leank_hf import LeanKCache, LeanKUsageError, apply_leank, revert_leank
 from leank_hf.attention import implementation_name, left_padding
-from leank_hf.cache import LeanKLayer, LeanKStates
+from leank_hf.cache_layer import LeanKLayer
+from leank_hf.cache_states import LeanKStates
 from tiny_models import ones_masks, random_masks, tiny_model
 
 PROMPT = torch.randint(1, 97, (2, 30), generator=torch.Generator().manual_seed(0))

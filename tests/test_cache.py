@@ -11,8 +11,10 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicSlidingWindowLayer
 
 from leank_hf import LeanKCache, LeanKMasks, LeanKUsageError, MaskError, apply_leank
-from leank_hf.cache import REGIONS, LeanKLayer, LeanKStates
+from leank_hf.cache_layer import LeanKLayer
+from leank_hf.cache_states import LeanKStates
 from leank_hf.contract import Windows
+from leank_hf.footprint import REGIONS
 from reference import random_layer_mask
 from tiny_models import FLUSH, RECENT, SINK, random_masks, tiny_model
 
@@ -57,15 +59,15 @@ def _check_storage(layer: LeanKLayer, mask: torch.Tensor, keys: torch.Tensor, va
     for head in order:
         kept = mask[head].nonzero().flatten()
         width = len(kept)
-        block = layer.mid_keys[:, layer.mid_cap * offset : layer.mid_cap * (offset + width)]
-        block = block.view(keys.shape[0], layer.mid_cap, width)[:, : layer.num_mid]
+        block = layer.middle.keys[:, layer.middle.capacity * offset : layer.middle.capacity * (offset + width)]
+        block = block.view(keys.shape[0], layer.middle.capacity, width)[:, : layer.num_mid]
         torch.testing.assert_close(block, middle[:, head][..., kept], rtol=0, atol=0)
         if width:
-            stored_values = layer.mid_values[:, value_slot, : layer.num_mid]
+            stored_values = layer.middle.values[:, value_slot, : layer.num_mid]
             torch.testing.assert_close(stored_values, values[:, head, sink : sink + layer.num_mid], rtol=0, atol=0)
             value_slot += 1
         offset += width
-    assert value_slot == layer.mid_values.shape[1]
+    assert value_slot == layer.middle.values.shape[1]
 
 
 @pytest.mark.parametrize(
@@ -108,11 +110,11 @@ def test_storage_grows_in_amortised_chunks() -> None:
     keys = torch.randn(1, 5, 700, 32)
     _feed(layer, keys, keys, [0, 40, 41])
     full_buffer = layer.full_keys.data_ptr()
-    capacities = [layer.mid_cap]
+    capacities = [layer.middle.capacity]
     for stop in range(42, 700):
         _feed(layer, keys, keys, [stop - 1, stop])
-        if layer.mid_cap != capacities[-1]:
-            capacities.append(layer.mid_cap)
+        if layer.middle.capacity != capacities[-1]:
+            capacities.append(layer.middle.capacity)
     assert layer.full_keys.data_ptr() == full_buffer  # the full region is never reallocated while decoding
     assert len(capacities) < 20
     growths = [new - old for old, new in zip(capacities, capacities[1:])]
@@ -140,7 +142,7 @@ def _held_bytes(cache) -> dict[str, int]:
     for layer in cache.layers:
         if isinstance(layer, LeanKLayer):
             totals["full"] += layer.full_keys.nbytes + layer.full_values.nbytes
-            totals["middle"] += layer.mid_keys.nbytes + layer.mid_values.nbytes
+            totals["middle"] += layer.middle.keys.nbytes + layer.middle.values.nbytes
         else:
             totals["full"] += layer.keys.nbytes + layer.values.nbytes
     return totals
@@ -326,7 +328,7 @@ def test_each_layer_allocates_where_its_keys_arrive() -> None:
         for _ in range(2):
             cache.update(keys[:, :, :1], keys[:, :, :1], index)
         layer = cache.layers[index]
-        tensors = (layer.full_keys, layer.full_values, layer.mid_keys, layer.mid_values, layer.pad)
+        tensors = (layer.full_keys, layer.full_values, layer.middle.keys, layer.middle.values, layer.pad)
         assert {tensor.device.type for tensor in tensors} == {device}
     assert cache.get_seq_length() == 42 and cache.memory_footprint().used > 0
 

@@ -7,7 +7,7 @@ import torch
 from transformers import DynamicCache
 
 from leank_hf import LeanKCache, LeanKUsageError, apply_leank, revert_leank
-from leank_hf.cache import LeanKLayer
+from leank_hf.cache_layer import LeanKLayer
 from reference import ReferenceCache, reference_model
 from tiny_models import FLUSH, LLAMA_WIDTHS, RECENT, SINK, ones_masks, random_masks, tiny_model
 

@@ -18,7 +18,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from leank_hf import LeanKCache, LeanKError, LeanKMasks, LeanKStaticCache, apply_leank
-from leank_hf.cache import REGIONS, MemoryFootprint
+from leank_hf.footprint import REGIONS, MemoryFootprint
 from test_generate import _left_padded, _multi_turn, _prompt
 
 GENERATE = {"max_new_tokens": 12, "do_sample": False, "output_logits": True, "return_dict_in_generate": True}

@@ -16,7 +16,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from .adapters import unwrap_peft, warn_if_keys_adapted
-from .cache import LeanKStates, PrefillKV
+from .cache_states import LeanKStates, PrefillKV
 from .constants import ATTN_IMPLEMENTATION
 from .errors import LeanKUsageError
 from .ops.decode_attention import BACKENDS, StaticKV, leank_decode_attention, leank_static_decode_attention

@@ -16,10 +16,13 @@ from typing import Any
 import torch
 from transformers.cache_utils import CacheLayerMixin, StaticSlidingWindowLayer
 
-from .cache import LeanKCache, LeanKStates, MemoryFootprint, PrefillKV, RegionBytes
+from .cache import LeanKCache
+from .cache_states import LeanKStates, PrefillKV
 from .contract import Windows
 from .errors import LeanKUsageError, MaskError
+from .footprint import MemoryFootprint, compact_layer_footprint
 from .masks import LeanKMasks
+from .middle_region import MiddleRegion
 from .ops.decode_attention.layout import CompactKV, HeadLayout, StaticKV
 from .tensor_parallel import KVHeadShard
 
@@ -31,7 +34,7 @@ class LeanKStaticLayer(CacheLayerMixin):
 
     Regions (allocated at the first update, on the device and in the dtype of the keys, addresses fixed):
     `full_keys`/`full_values` `[B, H, sink + ring, D]` (each row's sink, then the ring: global slot g at
-    `sink + g % ring`), `mid_keys` `[B, mid_cap * C]` and `mid_values` `[B, NV, mid_cap, D]` (middle index
+    `sink + g % ring`), `middle` (a `MiddleRegion` of `mid_cap` tokens; middle index
     `t = g - sink`, layout of `HeadLayout`; index `mid_cap - 1` takes writes of slots below the sink), `pad` `[B]`,
     and `cumulative_length` (a device scalar: global slots held, pads included).
 
@@ -73,21 +76,16 @@ class LeanKStaticLayer(CacheLayerMixin):
         # Zeros: slots not written yet are read with zero weight, never as NaN garbage.
         self.full_keys = torch.zeros(full_shape, dtype=self.dtype, device=self.device)
         self.full_values = torch.zeros(full_shape, dtype=self.dtype, device=self.device)
-        self.mid_keys = torch.zeros(batch, self.mid_cap * layout.total_width, dtype=self.dtype, device=self.device)
-        self.mid_values = torch.zeros(
-            batch, layout.num_value_heads, self.mid_cap, head_dim, dtype=self.dtype, device=self.device
-        )
+        self.middle = MiddleRegion(self.host_layout, layout, batch=batch, capacity=self.mid_cap, dtype=self.dtype)
         self.pad = torch.zeros(batch, dtype=torch.int64, device=self.device)
         self.counters = torch.zeros(batch * num_heads, dtype=torch.int32, device=self.device)
         self.cumulative_length = self.cumulative_length.to(self.device)
-        self._mid_key_base, self._mid_key_step = self.host_layout.middle_key_index(self.mid_cap, self.device)
-        self._value_heads = layout.storage_order[: layout.num_value_heads]
         for tensor in self._static_tensors():
             torch._dynamo.mark_static_address(tensor)
         self.is_initialized = True
         logger.debug(
             "LeanKStaticCache layer allocated %d bytes for %d tokens",
-            sum(t.nbytes for t in (self.full_keys, self.full_values, self.mid_keys, self.mid_values)),
+            self.full_keys.nbytes + self.full_values.nbytes + sum(self.middle.nbytes),
             self.max_cache_len,
         )
 
@@ -101,13 +99,9 @@ class LeanKStaticLayer(CacheLayerMixin):
             layout.value_slots,
             layout.storage_order,
             layout.gather_index,
-            self._mid_key_base,
-            self._mid_key_step,
-            self._value_heads,
+            *self.middle.tensors(),
             self.full_keys,
             self.full_values,
-            self.mid_keys,
-            self.mid_values,
             self.pad,
             self.counters,
             self.cumulative_length,
@@ -180,14 +174,7 @@ class LeanKStaticLayer(CacheLayerMixin):
             tokens = torch.cat([new.permute(2, 0, 1, 3), new[:, :, recent].permute(2, 0, 1, 3)])  # [m, B, H, D]
             full.transpose(1, 2).index_put_((index_rows, index_slots), tokens)
         # Middle: every slot from the sink on; slots below it go to the spare last index.
-        middle = torch.where(slots >= sink, slots - sink, self.mid_cap - 1)  # [n]
-        layout = self.layout
-        if layout.total_width:
-            compact = keys.transpose(1, 2).reshape(self.batch, count, -1).index_select(2, layout.gather_index)
-            index = self._mid_key_base + middle[:, None] * self._mid_key_step  # [n, C]
-            self.mid_keys.index_copy_(1, index.flatten(), compact.flatten(1))
-        if layout.num_value_heads:
-            self.mid_values.index_copy_(2, middle, values.index_select(1, self._value_heads))
+        self.middle.write(keys, values, torch.where(slots >= sink, slots - sink, self.mid_cap - 1))
 
     def _decode_step(self, keys: torch.Tensor, values: torch.Tensor) -> StaticKV:
         position = self.cumulative_length.clone()
@@ -199,8 +186,8 @@ class LeanKStaticLayer(CacheLayerMixin):
             ring_size=self.ring_size,
             full_keys=self.full_keys,
             full_values=self.full_values,
-            mid_keys=self.mid_keys,
-            mid_values=self.mid_values,
+            mid_keys=self.middle.keys,
+            mid_values=self.middle.values,
             mid_cap=self.mid_cap,
             pad=self.pad,
             position=position,
@@ -244,8 +231,8 @@ class LeanKStaticLayer(CacheLayerMixin):
             sink_size=sink,
             num_recent=start + count - first,
             recent_start=first,
-            mid_keys=self.mid_keys,
-            mid_values=self.mid_values,
+            mid_keys=self.middle.keys,
+            mid_values=self.middle.values,
             mid_cap=self.mid_cap,
             num_mid=windows.boundary(start + count - 1) - sink,
             pad=self.pad,
@@ -266,8 +253,9 @@ class LeanKStaticLayer(CacheLayerMixin):
     def reset(self) -> None:
         """Forget every token (buffers are kept, so compiled graphs stay valid); the next update is a prompt."""
         if self.is_initialized:
-            for tensor in (self.full_keys, self.full_values, self.mid_keys, self.mid_values, self.pad, self.counters):
+            for tensor in (self.full_keys, self.full_values, self.pad, self.counters):
                 tensor.zero_()
+            self.middle.zero_()
             self.cumulative_length.zero_()
         self._pending = None
         self._decoding = False
@@ -292,8 +280,9 @@ class LeanKStaticLayer(CacheLayerMixin):
         """Reorder the batch rows in place (beam search); addresses stay fixed."""
         if not self.is_initialized:
             return
-        for tensor in (self.full_keys, self.full_values, self.mid_keys, self.mid_values, self.pad):
+        for tensor in (self.full_keys, self.full_values, self.pad):
             tensor.copy_(tensor.index_select(0, beam_idx.to(tensor.device)))
+        self.middle.copy_batch_(beam_idx)
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         raise NotImplementedError("a LeanKStaticCache has a fixed batch size; use LeanKCache to drop batch rows")
@@ -313,27 +302,14 @@ class LeanKStaticLayer(CacheLayerMixin):
         """Bytes per region: allocated (the whole preallocated layer), used, and a `DynamicLayer`'s for the tokens."""
         if not self._decoding:
             return MemoryFootprint()
-        layout, item = self.layout, self.full_keys.element_size()
-        length = int(self.cumulative_length)
-        sink = self.windows.sink_size
-        num_mid = max(0, self.windows.flushed(length) - sink)
-        dense_token = self.batch * layout.num_kv_heads * layout.head_dim * item
-        full_slots = min(sink, length) + min(self.ring_size, max(0, length - sink))
-        full = RegionBytes(self.full_keys.nbytes, full_slots * dense_token, (length - num_mid) * dense_token)
-        dense_middle = num_mid * dense_token
-        return MemoryFootprint(
-            {
-                "keys/full": full,
-                "values/full": RegionBytes(self.full_values.nbytes, full.used, full.dense),
-                "keys/middle": RegionBytes(
-                    self.mid_keys.nbytes, self.batch * num_mid * layout.total_width * item, dense_middle
-                ),
-                "values/middle": RegionBytes(
-                    self.mid_values.nbytes,
-                    self.batch * layout.num_value_heads * num_mid * layout.head_dim * item,
-                    dense_middle,
-                ),
-            }
+        length, sink = int(self.cumulative_length), self.windows.sink_size
+        return compact_layer_footprint(
+            full_keys=self.full_keys,
+            full_values=self.full_values,
+            full_slots=min(sink, length) + min(self.ring_size, max(0, length - sink)),
+            length=length,
+            middle=self.middle,
+            num_mid=max(0, self.windows.flushed(length) - sink),
         )
 
 

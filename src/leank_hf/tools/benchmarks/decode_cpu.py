@@ -25,7 +25,8 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.utils.logging import tqdm
 
 from ...attention import apply_leank, implementation_name
-from ...cache import LeanKCache, LeanKLayer
+from ...cache import LeanKCache
+from ...cache_layer import LeanKLayer
 from ...masks import LeanKMasks
 from . import BenchmarkResult
 

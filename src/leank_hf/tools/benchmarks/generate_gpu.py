@@ -34,7 +34,8 @@ from transformers import (
 )
 
 from ...attention import apply_leank, revert_leank
-from ...cache import LeanKCache, LeanKLayer
+from ...cache import LeanKCache
+from ...cache_layer import LeanKLayer
 from ...errors import LeanKUsageError
 from ...masks import LeanKMasks
 from ...static_cache import LeanKStaticCache

@@ -14,7 +14,9 @@ from typing import Any
 import torch
 from transformers import DynamicCache, LlamaConfig, Qwen2Config
 
-from ...cache import LeanKCache, LeanKLayer, MemoryFootprint
+from ...cache import LeanKCache
+from ...cache_layer import LeanKLayer
+from ...footprint import MemoryFootprint
 from ...masks import LeanKMasks
 from . import BenchmarkResult, mib
 
