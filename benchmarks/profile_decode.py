@@ -73,7 +73,11 @@ def profile_decode(method: str, context: int, batch: int, steps: int, num_layers
         _generate(model, prompt, cache, new_tokens, [clock])
     wall = [b - a for a, b in zip(clock.times[WAIT + WARMUP - 1 :], clock.times[WAIT + WARMUP :], strict=False)]
     events = profiler.key_averages()
-    kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
+    kernels = [  # device events, less the profiler's and compiled graphs' range annotations
+        e
+        for e in events
+        if e.device_type == torch.autograd.DeviceType.CUDA and not e.key.startswith(("ProfilerStep", "## "))
+    ]
     busy_us = sum(e.self_device_time_total for e in kernels) / steps
     launches = sum(e.count for e in kernels) / steps
     header = (

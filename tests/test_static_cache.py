@@ -189,19 +189,26 @@ def _filled_layer(mask: torch.Tensor, windows: Windows, dtype: torch.dtype, pads
 @pytest.mark.parametrize(("dtype", "atol"), [(torch.float32, 1e-5), (torch.float16, 2e-3)])
 @pytest.mark.parametrize("steps", [1, 9, 60])
 @pytest.mark.parametrize("with_key_mask", [False, True])
-def test_triton_custom_op_matches_torch_path(dtype: torch.dtype, atol: float, steps: int, with_key_mask: bool) -> None:
+@pytest.mark.parametrize(
+    ("windows", "block_n"),
+    [(Windows(4, 8, 3), 64), (Windows(4, 40, 3), 16)],  # the second spreads sinks + ring over 2 parts of 2 tiles
+    ids=["one-full-part", "full-region-split"],
+)
+def test_triton_custom_op_matches_torch_path(
+    dtype: torch.dtype, atol: float, steps: int, with_key_mask: bool, windows: Windows, block_n: int
+) -> None:
     """Uneven widths with an empty head, GQA 2, padding, a masked span; Triton's interpreter on CPU."""
     mask = torch.zeros(3, 32, dtype=torch.bool)
     mask[0, :16] = True
     mask[1, :] = True
-    kv = _filled_layer(mask, Windows(4, 8, 3), dtype, pads=[0, 7], steps=steps)
+    kv = _filled_layer(mask, windows, dtype, pads=[0, 7], steps=steps)
     if with_key_mask:
         kv.key_mask = torch.ones(2, 160, dtype=torch.bool)
         kv.key_mask[0, 20:31] = False
         kv.key_mask[1, 45:49] = False
     query = torch.randn(2, 6, 1, 32, dtype=dtype)
     expected = leank_static_decode_torch(query, kv, scale=0.2)
-    actual = leank_static_decode_triton(query, kv, scale=0.2)
+    actual = leank_static_decode_triton(query, kv, scale=0.2, block_n=block_n)
     torch.testing.assert_close(actual.float(), expected.float(), rtol=0, atol=atol)
     assert int(kv.counters.abs().sum()) == 0  # the merge leaves its counters at zero
 

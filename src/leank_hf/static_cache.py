@@ -168,12 +168,13 @@ class LeanKStaticLayer(CacheLayerMixin):
         sink_slot = torch.where((sink_slot >= 0) & (sink_slot < sink), sink_slot, self._dump_slot)
         ring_slot = (sink + slots[recent] % ring)[:, None].expand(-1, self.batch)
         rows = torch.arange(self.batch, device=self.device)
-        index_rows = torch.cat([rows.expand(count, -1), rows.expand(ring_slot.shape[0], -1)])
-        index_slots = torch.cat([sink_slot, ring_slot])
+        index_rows = torch.cat([rows.expand(count, -1), rows.expand(ring_slot.shape[0], -1)])[:, :, None]
+        index_slots = torch.cat([sink_slot, ring_slot])[:, :, None]
+        heads = torch.arange(keys.shape[1], device=self.device)
         for new, full in ((keys, self.full_keys), (values, self.full_values)):
             tokens = torch.cat([new.permute(2, 0, 1, 3), new[:, :, recent].permute(2, 0, 1, 3)])  # [m, B, H, D]
-            full.transpose(1, 2).index_put_((index_rows, index_slots), tokens)
-        # Middle: every slot from the sink on; slots below it go to the spare last index.
+            # Indexing the buffer itself (not a transposed view): compiled, a scatter into it and nothing more.
+            full.index_put_((index_rows, heads, index_slots), tokens)
         self.middle.write(keys, values, torch.where(slots >= sink, slots - sink, self.mid_cap - 1))
 
     def _decode_step(self, keys: torch.Tensor, values: torch.Tensor) -> StaticKV:

@@ -1,9 +1,10 @@
 """Triton decode attention over a `LeanKStaticCache` layer, as a PyTorch custom op that CUDA graphs capture.
 
-Same program structure as `triton.py` (whose tile loops and merge it reuses): one program per `(split, batch row, KV
-head)`; split 0 reads the sinks and the ring, splits `1..S` chunks of the compact middle; the last program of each
-`(row, head)` merges the parts. What differs: the grid is fixed by the cache's capacity (`num_splits` chunks of
-`split_len` tokens cover `mid_cap`), and the query slot is read from device memory, so the window boundary and the
+Same program structure as `triton.py` (whose tile loops, part store and merge it reuses): one program per `(part,
+batch row, KV head)`; the first `FULL_PARTS` parts read slices of the sinks and the ring (so at batch 1 the full
+region, ~3x the bytes of a middle chunk, is no straggler), the others chunks of the compact middle; the last program
+of each `(row, head)` merges the parts. What differs: the grid is fixed by the cache's capacity (`num_splits` chunks
+of `split_len` tokens cover `mid_cap`), and the query slot is read from device memory, so the window boundary and the
 live middle length are computed in the kernel; chunks past the live length store an empty part and return.
 """
 
@@ -14,7 +15,15 @@ import triton
 import triton.language as tl
 
 from .layout import StaticKV
-from .triton import _INTERPRETED, _LOG2E, _attend_middle, _choose_splits, _merge_parts, _online_softmax_step, _sm_count
+from .triton import (
+    _INTERPRETED,
+    _LOG2E,
+    _attend_full_tile,
+    _attend_middle,
+    _choose_splits,
+    _sm_count,
+    _store_part_and_merge,
+)
 
 
 @triton.jit
@@ -28,7 +37,8 @@ def _leank_static_decode_kernel(
     stride_maskb,
     scale_log2,
     SINK: tl.constexpr, RECENT: tl.constexpr, FLUSH: tl.constexpr, RING: tl.constexpr, MID_CAP: tl.constexpr,
-    SPLIT_LEN: tl.constexpr, NUM_PARTS: tl.constexpr, HAS_KEY_MASK: tl.constexpr,
+    SPLIT_LEN: tl.constexpr, FULL_LEN: tl.constexpr, FULL_PARTS: tl.constexpr, NUM_PARTS: tl.constexpr,
+    HAS_KEY_MASK: tl.constexpr,
     G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     G_POW: tl.constexpr, MERGE_S: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):  # fmt: skip
@@ -49,35 +59,30 @@ def _leank_static_decode_kernel(
     m_i = tl.full([BLOCK_G], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_G], dtype=tl.float32)
     acc = tl.zeros([BLOCK_G, BLOCK_D], dtype=tl.float32)
-    if i_split == 0:
-        # Sinks (slot s: global pad + s), then the ring (slot SINK + r: latest global g <= q with g % RING == r).
+    if i_split < FULL_PARTS:
+        # Full slots [i_split * FULL_LEN, ...): sink slot s is global pad + s, ring slot SINK + r the latest g <= q
+        # with g % RING == r.
         q = tl.load(p_q[:, None] + o_d[None, :], mask=m_g[:, None] & m_d[None, :], other=0.0)
         if UPCAST:
             q = q.to(tl.float32)
         p_k = FULL_K + i_b * stride_fb + i_h.to(tl.int64) * stride_fh
         p_v = FULL_V + i_b * stride_fb + i_h.to(tl.int64) * stride_fh
-        for start in range(0, SINK + RING, BLOCK_N):
+        for start in range(i_split * FULL_LEN, tl.minimum((i_split + 1) * FULL_LEN, SINK + RING), BLOCK_N):
             o_s = start + o_n
             is_sink = o_s < SINK
             ring_slot = position - (position - (o_s - SINK)) % RING
             g = tl.where(is_sink, pad + o_s, ring_slot)
             valid = tl.where(is_sink, (g < boundary) & (g <= position), (g >= boundary) & (g >= pad) & (g >= 0))
             valid = valid & (o_s < SINK + RING)
-            if HAS_KEY_MASK:
-                valid = valid & (tl.load(KEY_MASK + i_b * stride_maskb + g, mask=valid, other=0) != 0)
-            mask = valid[:, None] & m_d[None, :]
-            k = tl.load(p_k + o_s[:, None] * stride_ft + o_d[None, :], mask=mask, other=0.0)
-            v = tl.load(p_v + o_s[:, None] * stride_ft + o_d[None, :], mask=mask, other=0.0)
-            if UPCAST:
-                k = k.to(tl.float32)
-                v = v.to(tl.float32)
-            scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale_log2
-            m_i, l_i, acc = _online_softmax_step(scores, valid, v, m_i, l_i, acc, DOT_PRECISION)
+            m_i, l_i, acc = _attend_full_tile(
+                m_i, l_i, acc, q, p_k, p_v, o_s, g, valid, stride_ft, stride_ft, KEY_MASK + i_b * stride_maskb,
+                scale_log2, o_d, m_d, UPCAST, DOT_PRECISION, HAS_KEY_MASK,
+            )  # fmt: skip
     else:
         # Middle chunk: index t is global slot SINK + t; valid for pad <= t < boundary - SINK.
         width = tl.load(WIDTHS + i_h)
-        t_start = tl.maximum((i_split - 1) * SPLIT_LEN, pad.to(tl.int32))
-        t_stop = tl.minimum(tl.minimum(i_split * SPLIT_LEN, MID_CAP), (boundary - SINK).to(tl.int32))
+        t_start = tl.maximum((i_split - FULL_PARTS) * SPLIT_LEN, pad.to(tl.int32))
+        t_stop = tl.minimum(tl.minimum((i_split - FULL_PARTS + 1) * SPLIT_LEN, MID_CAP), (boundary - SINK).to(tl.int32))
         if (width > 0) & (t_start < t_stop):
             key_offset = tl.multiple_of(tl.load(OFFSETS + i_h), 16)
             p_k = MID_K + i_b * stride_mkb + key_offset * MID_CAP
@@ -90,19 +95,10 @@ def _leank_static_decode_kernel(
                         KEY_MASK + i_b * stride_maskb + SINK, t_start, t_stop, scale_log2, i_w * 16, BLOCK_G, BLOCK_N,
                         BLOCK_D, HEAD_DIM, UPCAST, DOT_PRECISION, HAS_KEY_MASK,
                     )  # fmt: skip
-
-    has_keys = l_i > 0
-    out = acc / tl.where(has_keys, l_i, 1.0)[:, None]
-    lse = tl.where(has_keys, m_i + tl.log2(tl.where(has_keys, l_i, 1.0)), float("-inf"))
-    row0 = (i_b * tl.num_programs(2) + i_h) * G
-    o_part = (row0 + o_g) * NUM_PARTS + i_split
-    tl.store(O_PART + o_part[:, None] * HEAD_DIM + o_d[None, :], out, mask=m_g[:, None] & m_d[None, :])
-    tl.store(LSE_PART + o_part, lse, mask=m_g)
-    tl.debug_barrier()
-    p_counter = COUNTERS + i_b * tl.num_programs(2) + i_h
-    if tl.atomic_add(p_counter, 1, sem="acq_rel") == NUM_PARTS - 1:
-        tl.atomic_xchg(p_counter, 0)
-        _merge_parts(O_PART, LSE_PART, OUT, row0, NUM_PARTS, G, G_POW, MERGE_S, HEAD_DIM, BLOCK_D)
+    _store_part_and_merge(
+        m_i, l_i, acc, O_PART, LSE_PART, COUNTERS, OUT, i_b, i_h, i_split, NUM_PARTS,
+        G, G_POW, MERGE_S, HEAD_DIM, BLOCK_G, BLOCK_D,
+    )  # fmt: skip
 
 
 @torch.library.custom_op("leank_hf::static_decode", mutates_args=("counters",))
@@ -136,7 +132,8 @@ def static_decode(
     group = num_q_heads // num_kv_heads
     num_sms = _sm_count(query.device.index or 0) if query.device.type == "cuda" else 8
     num_splits, split_len = _choose_splits(batch, num_value_heads, mid_cap, block_n, num_sms)  # for the capacity
-    num_parts = num_splits + 1
+    full_len, full_parts = _full_parts(sink_size + ring_size, split_len, block_n)
+    num_parts = full_parts + num_splits
     partials = torch.empty(batch * num_q_heads * num_parts * (head_dim + 1), device=query.device, dtype=torch.float32)
     partial_out, partial_lse = partials.split(batch * num_q_heads * num_parts * head_dim)
     out = torch.empty_like(query)
@@ -154,12 +151,20 @@ def static_decode(
         mask.stride(0),
         scale * _LOG2E,
         SINK=sink_size, RECENT=recent_size, FLUSH=flush_size, RING=ring_size, MID_CAP=mid_cap,
-        SPLIT_LEN=split_len, NUM_PARTS=num_parts, HAS_KEY_MASK=key_mask is not None,
+        SPLIT_LEN=split_len, FULL_LEN=full_len, FULL_PARTS=full_parts, NUM_PARTS=num_parts,
+        HAS_KEY_MASK=key_mask is not None,
         G=group, HEAD_DIM=head_dim, BLOCK_G=max(16, group_pow), BLOCK_N=block_n, BLOCK_D=block_d,
         G_POW=group_pow, MERGE_S=max(1, 8192 // (group_pow * block_d)), UPCAST=_INTERPRETED,
         DOT_PRECISION="ieee" if query.dtype == torch.float32 else "tf32", num_warps=4, num_stages=3,
     )  # fmt: skip
     return out
+
+
+def _full_parts(full_slots: int, split_len: int, block_n: int) -> tuple[int, int]:
+    """`(slots per part, parts)` of the full region: about half a middle chunk each (a full slot carries all `2 * D`
+    channels, a middle token its kept key channels and at most `D` values), whole tiles."""
+    full_len = max(block_n, split_len // 2 // block_n * block_n)
+    return full_len, -(-full_slots // full_len)
 
 
 @static_decode.register_fake
@@ -177,7 +182,7 @@ def leank_static_decode_triton(query: torch.Tensor, kv: StaticKV, *, scale: floa
         block_n (`int`, *optional*, defaults to 64): keys per tile.
     """
     layout, windows = kv.layout, kv.windows
-    key_mask = None if kv.key_mask is None else kv.key_mask.to(torch.uint8)
+    key_mask = None if kv.key_mask is None else kv.key_mask.view(torch.uint8)
     return static_decode(
         query.contiguous(),
         kv.full_keys,

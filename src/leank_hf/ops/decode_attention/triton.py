@@ -46,6 +46,24 @@ def _online_softmax_step(scores, valid, v, m_i, l_i, acc, DOT_PRECISION: tl.cons
 
 
 @triton.jit
+def _attend_full_tile(
+    m_i, l_i, acc, q, p_k, p_v, o_s, g, valid, stride_kt, stride_vt, p_key_mask, scale_log2, o_d, m_d,
+    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, HAS_KEY_MASK: tl.constexpr,
+):  # fmt: skip
+    # One tile of full-region slots o_s (global slots g, `valid` before the attention mask), all channels.
+    if HAS_KEY_MASK:
+        valid &= tl.load(p_key_mask + g, mask=valid, other=0) != 0
+    mask = valid[:, None] & m_d[None, :]
+    k = tl.load(p_k + o_s[:, None] * stride_kt + o_d[None, :], mask=mask, other=0.0)
+    v = tl.load(p_v + o_s[:, None] * stride_vt + o_d[None, :], mask=mask, other=0.0)
+    if UPCAST:
+        k = k.to(tl.float32)
+        v = v.to(tl.float32)
+    scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale_log2
+    return _online_softmax_step(scores, valid, v, m_i, l_i, acc, DOT_PRECISION)
+
+
+@triton.jit
 def _load_query_part(p_q, p_channels, m_g, OFF: tl.constexpr, P: tl.constexpr, UPCAST: tl.constexpr):
     # The query's kept channels OFF .. OFF + P of this head, gathered: [BLOCK_G, P]
     channels = tl.load(p_channels + OFF + tl.arange(0, P))
@@ -240,16 +258,10 @@ def _leank_decode_kernel(
             is_sink = o_s < sink_size
             g = tl.where(is_sink, pad + o_s, recent_start + o_s - sink_size)
             valid = (g <= query_pos) & tl.where(is_sink, g < boundary, (o_s < num_full) & (g >= boundary) & (g >= pad))
-            if HAS_KEY_MASK:
-                valid &= tl.load(p_key_mask + g, mask=valid, other=0) != 0
-            mask = valid[:, None] & m_d[None, :]
-            k = tl.load(p_k + o_s[:, None] * stride_fkt + o_d[None, :], mask=mask, other=0.0)
-            v = tl.load(p_v + o_s[:, None] * stride_fvt + o_d[None, :], mask=mask, other=0.0)
-            if UPCAST:
-                k = k.to(tl.float32)
-                v = v.to(tl.float32)
-            scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale_log2
-            m_i, l_i, acc = _online_softmax_step(scores, valid, v, m_i, l_i, acc, DOT_PRECISION)
+            m_i, l_i, acc = _attend_full_tile(
+                m_i, l_i, acc, q, p_k, p_v, o_s, g, valid, stride_fkt, stride_fvt, p_key_mask, scale_log2, o_d, m_d,
+                UPCAST, DOT_PRECISION, HAS_KEY_MASK,
+            )  # fmt: skip
     else:
         # Middle chunk: index t is global slot sink_size + t; valid for pad <= t < boundary - sink_size.
         width = tl.load(WIDTHS + i_h)
@@ -287,16 +299,31 @@ def _leank_decode_kernel(
                         HAS_KEY_MASK,
                     )
 
+    _store_part_and_merge(
+        m_i, l_i, acc, O_PART, LSE_PART, COUNTERS, OUT, i_b, i_h, i_split, num_parts,
+        G, G_POW, MERGE_S, HEAD_DIM, BLOCK_G, BLOCK_D,
+    )  # fmt: skip
+
+
+@triton.jit
+def _store_part_and_merge(
+    m_i, l_i, acc, O_PART, LSE_PART, COUNTERS, OUT, i_b, i_h, i_part, num_parts,
+    G: tl.constexpr, G_POW: tl.constexpr, MERGE_S: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_G: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):  # fmt: skip
     # Normalised partial output and its log2-sum-exp; -inf (and zeros) where no key was valid.
+    o_g = tl.arange(0, BLOCK_G)
+    m_g = o_g < G
+    o_d = tl.arange(0, BLOCK_D)
+    m_d = o_d < HEAD_DIM
     has_keys = l_i > 0
     out = acc / tl.where(has_keys, l_i, 1.0)[:, None]
     lse = tl.where(has_keys, m_i + tl.log2(tl.where(has_keys, l_i, 1.0)), float("-inf"))
     # O_PART [B, Hq, num_parts, HEAD_DIM] and LSE_PART [B, Hq, num_parts], both contiguous
     row0 = (i_b * tl.num_programs(2) + i_h) * G  # first query head row of this (batch row, KV head)
-    o_part = (row0 + o_g) * num_parts + i_split  # [BLOCK_G] int64
+    o_part = (row0 + o_g) * num_parts + i_part  # [BLOCK_G] int64
     tl.store(O_PART + o_part[:, None] * HEAD_DIM + o_d[None, :], out, mask=m_g[:, None] & m_d[None, :])
     tl.store(LSE_PART + o_part, lse, mask=m_g)
-
     # Every thread's stores precede the counter bump (release); the last program sees all parts (acquire).
     tl.debug_barrier()
     p_counter = COUNTERS + i_b * tl.num_programs(2) + i_h
