@@ -16,6 +16,8 @@ from leank_hf.static_cache import LeanKStaticLayer
 from reference import reference_model
 from tiny_models import FLUSH, LLAMA_WIDTHS, ones_masks, random_masks, tiny_model
 
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
 ATOL = 1e-5  # fp32 models; the reference runs in float64
 GENERATE = {"output_logits": True, "return_dict_in_generate": True}
 
@@ -177,12 +179,12 @@ def test_decode_step_compiles_to_one_graph(backend: str) -> None:
 def _filled_layer(mask: torch.Tensor, windows: Windows, dtype: torch.dtype, pads: list[int], steps: int):
     batch, (heads, dim) = len(pads), mask.shape
     layer = LeanKStaticLayer(mask, windows=windows, max_cache_len=160)
-    layer.update(torch.randn(batch, heads, 50, dim, dtype=dtype), torch.randn(batch, heads, 50, dim, dtype=dtype))
+    tokens = {"dtype": dtype, "device": DEVICE}
+    layer.update(torch.randn(batch, heads, 50, dim, **tokens), torch.randn(batch, heads, 50, dim, **tokens))
     layer.prompt_attended(torch.tensor(pads))
     for _ in range(steps):
-        states, _ = layer.update(
-            torch.randn(batch, heads, 1, dim, dtype=dtype), torch.randn(batch, heads, 1, dim, dtype=dtype)
-        )
+        keys, values = torch.randn(2, batch, heads, 1, dim, **tokens)
+        states, _ = layer.update(keys, values)
     return states.payload
 
 
@@ -203,10 +205,10 @@ def test_triton_custom_op_matches_torch_path(
     mask[1, :] = True
     kv = _filled_layer(mask, windows, dtype, pads=[0, 7], steps=steps)
     if with_key_mask:
-        kv.key_mask = torch.ones(2, 160, dtype=torch.bool)
+        kv.key_mask = torch.ones(2, 160, dtype=torch.bool, device=DEVICE)
         kv.key_mask[0, 20:31] = False
         kv.key_mask[1, 45:49] = False
-    query = torch.randn(2, 6, 1, 32, dtype=dtype)
+    query = torch.randn(2, 6, 1, 32, dtype=dtype, device=DEVICE)
     expected = leank_static_decode_torch(query, kv, scale=0.2)
     actual = leank_static_decode_triton(query, kv, scale=0.2, block_n=block_n)
     torch.testing.assert_close(actual.float(), expected.float(), rtol=0, atol=atol)

@@ -139,7 +139,8 @@ def static_decode(
     out = torch.empty_like(query)
     block_d = triton.next_power_of_2(head_dim)
     group_pow = triton.next_power_of_2(group)
-    mask = key_mask if key_mask is not None else pad  # any tensor: unread without HAS_KEY_MASK
+    # The bool mask's bytes (a view here: inductor cannot lower a bool bitcast); without one, any tensor (unread).
+    mask = key_mask.view(torch.uint8) if key_mask is not None else pad
     _leank_static_decode_kernel[(num_parts, batch, num_kv_heads)](
         query, full_keys, full_values, mid_keys, mid_values, pad, position, mask,
         widths, channels, offsets, value_slots, storage_order,
@@ -182,7 +183,6 @@ def leank_static_decode_triton(query: torch.Tensor, kv: StaticKV, *, scale: floa
         block_n (`int`, *optional*, defaults to 64): keys per tile.
     """
     layout, windows = kv.layout, kv.windows
-    key_mask = None if kv.key_mask is None else kv.key_mask.view(torch.uint8)
     return static_decode(
         query.contiguous(),
         kv.full_keys,
@@ -191,7 +191,7 @@ def leank_static_decode_triton(query: torch.Tensor, kv: StaticKV, *, scale: floa
         kv.mid_values,
         kv.pad,
         kv.position,
-        key_mask,
+        kv.key_mask,
         layout.widths,
         layout.channels,
         layout.offsets,
