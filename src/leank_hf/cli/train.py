@@ -6,7 +6,6 @@ import argparse
 import dataclasses
 import json
 import os
-import typing
 from pathlib import Path
 
 from ..errors import LeanKUsageError
@@ -76,9 +75,8 @@ def _add_settings(parser: argparse.ArgumentParser) -> None:
     from ..training.settings import TrainSettings, value_type
 
     group = parser.add_argument_group("training settings", "the fields of leank_hf.TrainSettings")
-    hints = typing.get_type_hints(TrainSettings)
     for item in dataclasses.fields(TrainSettings):
-        kind, bound = value_type(hints[item.name]), item.metadata["bound"]
+        kind, bound = value_type(item.name), item.metadata["bound"]
         option = {"default": item.default, "help": item.metadata["help"]}
         if item.default is not None:
             option["help"] += " (default: %(default)s)"

@@ -92,7 +92,7 @@ class TrainSettings:
     def __post_init__(self) -> None:
         Windows(self.sink_size, self.recent_size, self.flush_size)  # the windows' own rule and messages
         for item in fields(self):
-            _check(item.name, getattr(self, item.name), _field_types()[item.name], item.metadata["bound"])
+            _check(item.name, getattr(self, item.name), item.metadata["bound"])
         if self.total_steps == 0:
             raise LeanKUsageError("need at least one step: stage1_steps and stage2_steps are both 0")
 
@@ -133,16 +133,17 @@ def _field_types() -> dict[str, Any]:
     return typing.get_type_hints(TrainSettings)
 
 
-def value_type(hint: Any) -> type:
-    """`int`, `float` or `bool`: the type of a field's values (`float | None` -> `float`)."""
+def value_type(name: str) -> type:
+    """`int`, `float` or `bool`: the type of the values of field `name` (`float | None` -> `float`)."""
+    hint = _field_types()[name]
     (kind,) = [arg for arg in typing.get_args(hint) or (hint,) if arg is not type(None)]
     return kind
 
 
-def _check(name: str, value: Any, hint: Any, bound: Bound | None) -> None:
-    if value is None and type(None) in typing.get_args(hint):
+def _check(name: str, value: Any, bound: Bound | None) -> None:
+    if value is None and type(None) in typing.get_args(_field_types()[name]):
         return
-    kind = value_type(hint)
+    kind = value_type(name)
     if kind is bool:
         valid, expected = isinstance(value, bool), "True or False"
     elif kind is int:

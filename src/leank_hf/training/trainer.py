@@ -204,7 +204,7 @@ class MaskTrainer:
     def masks(self) -> LeanKMasks:
         """The binary mask of the current scales, with the run's metadata."""
         settings = self.settings
-        windows = ("ratio", "align", "sink_size", "recent_size", "flush_size")
+        own_fields = ("ratio", "align", "sink_size", "recent_size", "flush_size")  # LeanKMasks fields of their own
         return LeanKMasks(
             mask=self._mask().cpu(),
             base_model=getattr(self.model.config, "_name_or_path", None) or None,
@@ -219,7 +219,7 @@ class MaskTrainer:
                 "data": self.data.describe(),
                 "world_size": self.world,
                 "final_mse": self.last_mse,
-                **{k: v for k, v in settings.run_settings().items() if k not in windows},
+                **{k: v for k, v in settings.run_settings().items() if k not in own_fields},
             },
         )
 
