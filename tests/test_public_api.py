@@ -16,6 +16,8 @@ PUBLIC = [
     "LeanKStaticCache",
     "LeanKUsageError",
     "MaskError",
+    "MaskTrainer",
+    "TrainSettings",
     "__version__",
     "apply_leank",
     "bundled",

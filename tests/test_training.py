@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import importlib.util
+import math
 import os
 import socket
 
@@ -13,7 +15,7 @@ import torch.multiprocessing as mp
 from transformers import DynamicCache
 from transformers.utils import logging as hf_logging
 
-from leank_hf import LeanKMasks, train_masks
+from leank_hf import LeanKMasks, MaskTrainer, TrainSettings, train_masks
 from leank_hf.errors import LeanKUsageError
 from leank_hf.training.attention import (
     MiddleKeyScaling,
@@ -177,7 +179,8 @@ def _log_rows(path):
         return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(handle)]
 
 
-KW = dict(ratio=0.7, align=8, sink_size=SINK, recent_size=RECENT, flush_size=FLUSH, progress=False)
+KW_SETTINGS = dict(ratio=0.7, align=8, sink_size=SINK, recent_size=RECENT, flush_size=FLUSH)
+KW = dict(**KW_SETTINGS, progress=False)
 
 
 DEAD_PAIRS = (1, 2, 4, 7, 9, 10, 12, 15)  # RoPE pairs (j, j + 16) whose keys are zero in every KV head
@@ -339,3 +342,86 @@ def test_gradient_checkpointing_gives_the_same_gradients_and_masks(tmp_path):
     kw = dict(stage1_steps=3, stage2_steps=2, data=RandomTokenData(), **KW)
     plain = train_masks(model, None, **kw)
     assert torch.equal(train_masks(model, None, gradient_checkpointing=True, **kw).mask, plain.mask)
+
+
+def reference_lr(settings: TrainSettings, step: int) -> float:
+    """The schedule as the trainer has always had it, built as a list per stage: constant at the stage's rate, its
+    last `D` steps decaying linearly to `min_lr_fraction` of it, then its first `W` steps warming up (which wins where
+    they overlap); `W` and `D` are at least one step."""
+    stage1, stage2 = settings.stage1_steps, settings.stage2_steps
+    lr2 = settings.lr if settings.stage2_lr is None else settings.stage2_lr
+    rates = []
+    for rate, length in ((settings.lr, stage1), (lr2, stage2)):
+        if not length:
+            continue
+        warmup = max(1, math.ceil(settings.warmup_fraction * length))
+        decay = max(1, math.ceil(settings.decay_fraction * length))
+        stage = [rate] * length
+        for k in range(1, decay + 1):
+            stage[length - decay + k - 1] = rate * (1.0 - (1.0 - settings.min_lr_fraction) * k / decay)
+        for k in range(1, warmup + 1):
+            stage[k - 1] = rate * k / warmup
+        rates += stage
+    return rates[step]
+
+
+@pytest.mark.parametrize("stage1, stage2", [(300, 60), (7, 3), (1, 1), (0, 5), (4, 0), (2, 9)])
+@pytest.mark.parametrize(
+    "fractions", [(0.2, 0.2, 0.1), (0.0, 0.0, 0.0), (1.0, 1.0, 0.5), (0.6, 0.7, 1.0), (0.05, 0.33, 0.2)]
+)
+def test_lr_schedule_matches_the_reference(stage1, stage2, fractions):
+    warmup, decay, minimum = fractions
+    settings = TrainSettings(
+        stage1_steps=stage1, stage2_steps=stage2, lr=0.03, stage2_lr=0.007, warmup_fraction=warmup,
+        decay_fraction=decay, min_lr_fraction=minimum,
+    )  # fmt: skip
+    for step in range(settings.total_steps):
+        assert settings.lr_at(step) == pytest.approx(reference_lr(settings, step), rel=1e-12, abs=0), step
+
+
+def _metrics(rows):
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+
+
+def test_trainer_state_dict_round_trip_continues_bit_for_bit():
+    """Train 3 steps, snapshot, train on; a new trainer loading the snapshot makes the same steps, lr included."""
+    settings = TrainSettings(stage1_steps=4, stage2_steps=3, steps_per_sample=2, lr=0.05, stage2_lr=0.02, **KW_SETTINGS)
+    first = MaskTrainer(peaked_model(), None, settings, data=RandomTokenData())
+    rows = [first.step() for _ in range(3)]  # step 3 shares its sample with step 2
+    state = first.state_dict()
+    rows += [first.step() for _ in range(4)]  # a snapshot is a copy: these steps leave `state` as it was
+    with pytest.raises(LeanKUsageError, match="the run is complete"):
+        first.step()
+    assert [row["lr"] for row in rows] == pytest.approx([reference_lr(settings, step) for step in range(7)], rel=1e-12)
+
+    second = MaskTrainer(peaked_model(), None, settings, data=RandomTokenData())
+    second.load_state_dict(state)
+    assert second.completed_steps == 3
+    assert _metrics([second.step() for _ in range(4)]) == _metrics(rows[3:])
+    assert torch.equal(second.alpha, first.alpha) and torch.equal(second.alpha_sum, first.alpha_sum)
+    for key in ("exp_avg", "exp_avg_sq"):
+        assert torch.equal(second.optimizer.state[second.alpha][key], first.optimizer.state[first.alpha][key])
+    assert second.masks() == first.masks()
+    assert second.masks().training_info["completed_steps"] == 7
+
+
+def test_load_state_dict_refuses_other_settings_and_names_them():
+    settings = TrainSettings(stage1_steps=2, stage2_steps=1, **KW_SETTINGS)
+    state = MaskTrainer(tiny_model("llama"), None, settings, data=RandomTokenData()).state_dict()
+    other = MaskTrainer(tiny_model("llama"), None, dataclasses.replace(settings, lr=0.5), data=RandomTokenData())
+    with pytest.raises(LeanKUsageError, match=r"other settings .*'lr': \(0.02, 0.5\)"):
+        other.load_state_dict(state)
+    free = dataclasses.replace(settings, max_steps=1, checkpoint_every=5, gradient_checkpointing=True)
+    MaskTrainer(tiny_model("llama"), None, free, data=RandomTokenData()).load_state_dict(state)  # may change
+
+
+def test_train_masks_takes_settings_and_keyword_overrides():
+    model, data = tiny_model("llama"), RandomTokenData()
+    settings = TrainSettings(stage1_steps=2, stage2_steps=1, **KW_SETTINGS)
+    by_settings = train_masks(model, None, settings=settings, data=data, progress=False)
+    by_keywords = train_masks(model, None, data=data, stage1_steps=2, stage2_steps=1, **KW)
+    assert by_settings == by_keywords
+    overridden = train_masks(model, None, settings=settings, data=data, progress=False, stage2_steps=2)
+    assert overridden.training_info["completed_steps"] == 4 and overridden.training_info["stage2_steps"] == 2
+    with pytest.raises(TypeError, match="unexpected keyword argument 'bogus'"):
+        train_masks(model, None, settings=settings, data=data, bogus=1)

@@ -20,6 +20,8 @@ __all__ = [
     "LeanKStaticCache",
     "LeanKUsageError",
     "MaskError",
+    "MaskTrainer",
+    "TrainSettings",
     "__version__",
     "apply_leank",
     "bundled",
@@ -36,6 +38,8 @@ _SOURCES = {
     "LeanKStaticCache": "static_cache",
     "LeanKUsageError": "errors",
     "MaskError": "errors",
+    "MaskTrainer": "training",
+    "TrainSettings": "training",
     "apply_leank": "attention",
     "bundled": "bundled",
     "custom_generate_path": "recipe",
@@ -54,7 +58,7 @@ if TYPE_CHECKING:
     from .masks import LeanKMasks
     from .recipe import custom_generate_path
     from .static_cache import LeanKStaticCache
-    from .training import train_masks
+    from .training import MaskTrainer, TrainSettings, train_masks
 
 
 def __getattr__(name: str) -> Any:

@@ -61,6 +61,14 @@ def fraction(text: str) -> float:
     return value
 
 
+def unit_interval(text: str) -> float:
+    """A number between 0 and 1, both included."""
+    value = _number(text, float, "a number between 0 and 1")
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}")
+    return value
+
+
 def sizes(text: str) -> list[int]:
     """Comma-separated token counts >= 1, `k` meaning 1024: `"8k,16384"` -> `[8192, 16384]`."""
     values = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -13,10 +14,22 @@ from . import arguments as arg
 COMMANDS = {"train": "learn a LeanK mask for a model"}
 # `--dtype` choices: names of torch dtypes.
 DTYPES = ("bfloat16", "float16", "float32")
+# The argparse `type=` of a `TrainSettings` field, by its value type and bound.
+VALIDATORS = {
+    (int, None): int,
+    (int, ">= 0"): arg.non_negative_int,
+    (int, ">= 1"): arg.positive_int,
+    (float, "> 0"): arg.positive_float,
+    (float, ">= 0"): arg.non_negative_float,
+    (float, "(0, 1)"): arg.fraction,
+    (float, "[0, 1]"): arg.unit_interval,
+}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     import torch
+
+    from ..training.reporting import REPORT_TO
 
     parser = subparsers.add_parser(
         "train",
@@ -31,52 +44,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     existing = parser.add_mutually_exclusive_group()
     existing.add_argument("--resume", action="store_true", help="continue the run saved in --output")
     existing.add_argument("--overwrite", action="store_true", help="start a new run over the one saved in --output")
-    parser.add_argument("--ratio", type=arg.fraction, default=0.7, help="fraction of K channels to prune (%(default)s)")
-    parser.add_argument(
-        "--align", type=arg.positive_int, default=16, help="kept channels per head in multiples of (%(default)s)"
-    )
-    parser.add_argument(
-        "--sink-size", type=arg.non_negative_int, default=64, help="sink tokens kept in full (%(default)s)"
-    )
-    parser.add_argument(
-        "--recent-size", type=arg.positive_int, default=256, help="recent tokens kept in full (%(default)s)"
-    )
-    parser.add_argument(
-        "--flush-size", type=arg.positive_int, default=64, help="recent-window flush chunk (%(default)s)"
-    )
-    parser.add_argument("--stage1-steps", type=arg.non_negative_int, default=300, help="stage-1 steps (%(default)s)")
-    parser.add_argument("--stage2-steps", type=arg.non_negative_int, default=60, help="stage-2 steps (%(default)s)")
-    parser.add_argument("--lr", type=arg.positive_float, default=0.02, help="AdamW learning rate (%(default)s)")
-    parser.add_argument("--stage2-lr", type=arg.positive_float, help="stage-2 learning rate (default: --lr)")
-    parser.add_argument(
-        "--l1-weight", type=arg.non_negative_float, default=0.06, help="stage-1 lambda of mean|alpha| (%(default)s)"
-    )
-    parser.add_argument("--max-grad-norm", type=arg.positive_float, default=1.0, help="gradient clipping (%(default)s)")
+    _add_settings(parser)
     parser.add_argument("--min-length", type=arg.positive_int, default=1024, help="shortest synthetic prompt, tokens")
     parser.add_argument("--max-length", type=arg.positive_int, default=4096, help="longest synthetic prompt, tokens")
     parser.add_argument(
         "--questions-per-sample", type=arg.positive_int, default=4, help="questions per synthetic context"
     )
     parser.add_argument(
-        "--steps-per-sample", type=arg.positive_int, default=1, help="steps sharing one context's prefill"
-    )
-    parser.add_argument(
         "--data",
         type=arg.existing_file,
         help='JSONL file of {"prompt": ..., "answer": ...} lines instead of synthetic data',
     )
-    parser.add_argument("--seed", type=int, default=0, help="data seed (%(default)s)")
-    parser.add_argument(
-        "--checkpoint-every", type=arg.positive_int, default=10, help="steps between checkpoints (%(default)s)"
-    )
-    parser.add_argument("--max-steps", type=arg.positive_int, help="stop at this step (resume later with --resume)")
-    parser.add_argument(
-        "--gradient-checkpointing", action="store_true", help="recompute the student's attention in backward"
-    )
     parser.add_argument(
         "--report-to",
         nargs="+",
-        choices=("csv", "tensorboard", "none"),  # training.reporting.REPORT_TO, not imported: it loads transformers
+        choices=REPORT_TO,
         default=["csv"],
         help="where step metrics go: csv (training_log.csv), tensorboard (--output/runs), or none (default: csv)",
     )
@@ -86,6 +68,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--threads", type=arg.positive_int, help="torch CPU threads")
     parser.set_defaults(func=_train)
+
+
+def _add_settings(parser: argparse.ArgumentParser) -> None:
+    """One option per field of `TrainSettings`: `--kebab-case` name, type and range checks, default, field help."""
+    from ..training.settings import TrainSettings, value_type
+
+    group = parser.add_argument_group("training settings", "the fields of leank_hf.TrainSettings")
+    for item in dataclasses.fields(TrainSettings):
+        kind, bound = value_type(item.name), item.metadata["bound"]
+        option = {"default": item.default, "help": item.metadata["help"]}
+        if item.default is not None:
+            option["help"] += " (default: %(default)s)"
+        if kind is bool:
+            option["action"] = argparse.BooleanOptionalAction
+        else:
+            option["type"] = VALIDATORS[kind, bound]
+        group.add_argument("--" + item.name.replace("_", "-"), **option)
 
 
 def _read_pairs(path: str) -> list[tuple[str, str]]:
@@ -113,9 +112,10 @@ def _train(args: argparse.Namespace) -> int:
     import torch
 
     from ..tools.models import load_model
-    from ..training import PromptAnswerData, SyntheticRetrievalData, train_masks
-    from ..training.trainer import check_run_folder
+    from ..training import PromptAnswerData, SyntheticRetrievalData, TrainSettings, train_masks
+    from ..training.checkpoint import check_run_folder
 
+    settings = TrainSettings(**{item.name: getattr(args, item.name) for item in dataclasses.fields(TrainSettings)})
     if args.threads:
         torch.set_num_threads(args.threads)
     device = args.device
@@ -141,30 +141,15 @@ def _train(args: argparse.Namespace) -> int:
     masks = train_masks(
         model,
         tokenizer,
-        ratio=args.ratio,
-        align=args.align,
-        sink_size=args.sink_size,
-        recent_size=args.recent_size,
-        flush_size=args.flush_size,
-        stage1_steps=args.stage1_steps,
-        stage2_steps=args.stage2_steps,
+        settings=settings,
         data=data,
         output_dir=args.output,
         resume=args.resume,
         overwrite=args.overwrite,
-        seed=args.seed,
-        lr=args.lr,
-        stage2_lr=args.stage2_lr,
-        l1_weight=args.l1_weight,
-        max_grad_norm=args.max_grad_norm,
-        steps_per_sample=args.steps_per_sample,
-        checkpoint_every=args.checkpoint_every,
-        max_steps=args.max_steps,
-        gradient_checkpointing=args.gradient_checkpointing,
         report_to=args.report_to,
     )
     done = masks.training_info["completed_steps"]
-    total = args.stage1_steps + args.stage2_steps
+    total = settings.total_steps
     state = "finished" if done == total else f"stopped at step {done}/{total}; continue with --resume"
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
