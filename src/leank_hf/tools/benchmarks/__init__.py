@@ -1,8 +1,7 @@
 """Benchmarks behind `leank-hf bench`: memory, CPU decode and GPU kernel/generate timings.
 
-A benchmark builds a `BenchmarkResult`, which prints as a markdown table and saves to
-`benchmarks/results/<name>.json` (rows, raw numbers, settings, environment) and `<name>.md` (the table and the command
-that made it).
+A benchmark builds a `BenchmarkResult`, which prints as a markdown table and saves, into the folder its caller names,
+`<name>.json` (rows, raw numbers, settings, environment) and `<name>.md` (the table and the command that made it).
 """
 
 from __future__ import annotations
@@ -17,8 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-RESULTS_DIR = Path("benchmarks") / "results"
 
 
 @dataclass
@@ -56,8 +53,8 @@ class BenchmarkResult:
             parts += ["", note]
         return "\n".join(parts) + "\n"
 
-    def save(self, directory: str | os.PathLike = RESULTS_DIR, command: str = "") -> tuple[Path, Path]:
-        """Write `<name>.json` and `<name>.md` into `directory`; return their paths."""
+    def save(self, directory: str | os.PathLike, command: str = "") -> tuple[Path, Path]:
+        """Write `<name>.json` and `<name>.md` into `directory` (created if missing); return their paths."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         json_path, markdown_path = directory / f"{self.name}.json", directory / f"{self.name}.md"
