@@ -243,27 +243,11 @@ def evaluate_retrieval(
 def build_report(results: list[QuestionResult], masks: dict[str, LeanKMasks], **settings) -> dict[str, Any]:
     """Per-length accuracy of the full model and, where it succeeds, of every mask; overall retention."""
     names = list(masks)
-    table = []
-    for length in settings["lengths"]:
-        rows = [r for r in results if r.length == length]
-        solved = [r for r in rows if r.correct["full"]]
-        entry = {
-            "length": length,
-            "questions": len(rows),
-            "full_correct": len(solved),
-            "full_accuracy": _ratio(len(solved), len(rows)),
-        }
-        for name in names:
-            entry[name] = _ratio(sum(r.correct.get(name, False) for r in solved), len(solved))
-        table.append(entry)
-    solved = [r for r in results if r.correct["full"]]
-    overall = {
-        "questions": len(results),
-        "full_correct": len(solved),
-        "full_accuracy": _ratio(len(solved), len(results)),
-    }
-    for name in names:
-        overall[name] = _ratio(sum(r.correct.get(name, False) for r in solved), len(solved))
+    table = [
+        {"length": length, **_accuracies([r for r in results if r.length == length], names)}
+        for length in settings["lengths"]
+    ]
+    overall = _accuracies(results, names)
     return {
         "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in settings.items()},
         "methods": {
@@ -282,6 +266,19 @@ def build_report(results: list[QuestionResult], masks: dict[str, LeanKMasks], **
         "overall": overall,
         "questions": [r.__dict__ for r in results],
     }
+
+
+def _accuracies(results: list[QuestionResult], names: list[str]) -> dict[str, Any]:
+    """The full model's accuracy over `results`, then each method's over the questions the full model solved."""
+    solved = [r for r in results if r.correct["full"]]
+    entry: dict[str, Any] = {
+        "questions": len(results),
+        "full_correct": len(solved),
+        "full_accuracy": _ratio(len(solved), len(results)),
+    }
+    for name in names:
+        entry[name] = _ratio(sum(r.correct.get(name, False) for r in solved), len(solved))
+    return entry
 
 
 def _ratio(part: int, whole: int) -> float | None:

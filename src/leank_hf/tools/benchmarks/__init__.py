@@ -17,6 +17,11 @@ from typing import Any
 
 import torch
 
+from ...masks import LeanKMasks
+
+# The bundled mask whose shapes (Llama-3.1-8B: 32 layers, 8 KV heads x 128) the kernel and model benchmarks use.
+MASK_ID = "meta-llama/Llama-3.1-8B-Instruct"
+
 
 @dataclass
 class BenchmarkResult:
@@ -92,3 +97,22 @@ def environment() -> dict[str, Any]:
 def mib(size: int) -> str:
     """Bytes as MiB with one decimal, for tables."""
     return f"{size / 2**20:,.1f}"
+
+
+def llama_masks(num_layers: int, *, spread: bool = False) -> LeanKMasks:
+    """`num_layers` layers of the bundled `MASK_ID` mask, with its windows and align: its first layers, or with
+    `spread` layers evenly spaced over the whole model (`training_info` lists them)."""
+    full = LeanKMasks.from_pretrained(MASK_ID)
+    if spread:
+        layers = torch.linspace(0, full.num_layers - 1, num_layers).round().long().tolist()
+    else:
+        layers = list(range(num_layers))
+    return LeanKMasks(
+        full.mask[layers],
+        base_model=full.base_model,
+        sink_size=full.sink_size,
+        recent_size=full.recent_size,
+        flush_size=full.flush_size,
+        align=full.align,
+        training_info={"layers of": MASK_ID, "layers": layers},
+    )

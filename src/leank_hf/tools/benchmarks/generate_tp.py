@@ -27,8 +27,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from ...masks import LeanKMasks
-from . import BenchmarkResult
-from .generate_gpu import GIB, SEARCHED, build_model, cache_bytes, fill_random, llama_masks, new_cache, switch_attention
+from . import BenchmarkResult, llama_masks
+from .generate_gpu import GIB, SEARCHED, build_model, cache_bytes, fill_random, new_cache, switch_attention
 
 # Prompt rows: longer than the bundled mask's sink (128) + recent (768) windows, by several flushes (128).
 ROWS = (1500, 1100, 400)
