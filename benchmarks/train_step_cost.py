@@ -40,6 +40,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--questions", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int)
+    parser.add_argument(
+        "--output-dir",
+        default="benchmarks/results",
+        help="folder for train_step_cost.json and .md (default: %(default)s, relative to the current directory)",
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -107,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         notes=["Median of the repeats after one warm-up; CPU timings on a shared machine are noisy."],
     )
     print(result.table())
-    result.save(command="python " + " ".join(sys.argv))
+    result.save(args.output_dir, command="python " + " ".join(sys.argv))
     return 0
 
 

@@ -361,6 +361,18 @@ def test_bundled_copy_is_preferred_without_subfolder_or_revision(tmp_path, hub):
     assert hub.calls()  # with a revision the Hub is asked
 
 
+def test_loaders_build_the_class_they_are_called_on(tmp_path, masks):
+    """The Hub mixin never names `LeanKMasks`: a subclass loads as itself, from a folder and from a bundled mask."""
+
+    class Tagged(LeanKMasks):
+        pass
+
+    masks.save_pretrained(tmp_path)
+    for loaded in (Tagged.from_pretrained(tmp_path), Tagged.from_pretrained("qwen2.5-7b-instruct")):
+        assert type(loaded) is Tagged
+    assert Tagged.from_pretrained(tmp_path).mask.equal(masks.mask)
+
+
 # ------------------------------------------------------------------------------------------------ masks next to weights
 def test_masks_in_a_model_folders_leank_subfolder_are_found_without_subfolder(tmp_path, masks):
     (tmp_path / "model").mkdir()

@@ -72,6 +72,14 @@ def test_import_keeps_every_channel_and_records_the_source(tmp_path):
     }
 
 
+def test_import_builds_the_class_it_is_called_on(tmp_path):
+    class Tagged(LeanKMasks):
+        pass
+
+    path = save_pth(tmp_path / "tiny.pth", float_mask([[16, 0]], 64))
+    assert type(Tagged.from_minference(path, base_model="org/tiny")) is Tagged
+
+
 def test_import_with_explicit_windows_and_align(tmp_path):
     path = save_pth(tmp_path / "m.pth", float_mask([[32, 64]], 64))
     masks = LeanKMasks.from_minference(

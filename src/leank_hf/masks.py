@@ -1,8 +1,11 @@
-"""`LeanKMasks`: one model's static K-channel keep mask plus the metadata it was trained with."""
+"""`LeanKMasks`: one model's static K-channel keep mask plus the metadata it was trained with.
+
+The class holds the data, its validation and statistics. Loading, saving and pushing come from `hub.MaskHubMixin`,
+the import of a MInference release from `minference.MInferenceMixin`; neither module imports this one.
+"""
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
@@ -12,14 +15,15 @@ import torch
 from .constants import MASK_FORMAT_VERSION
 from .contract import ModelShape
 from .errors import MaskError
+from .hub import MaskHubMixin
+from .minference import MInferenceMixin
 
 if TYPE_CHECKING:
-    from huggingface_hub import CommitInfo
     from matplotlib.axes import Axes
 
 
 @dataclass
-class LeanKMasks:
+class LeanKMasks(MaskHubMixin, MInferenceMixin):
     """A LeanK key-channel mask for one model.
 
     Args:
@@ -249,150 +253,6 @@ class LeanKMasks:
         prunes. Sliding-window layers of mixed models are left unpruned and must keep all channels in the mask.
         """
         ModelShape.from_config(config).check_mask(self.mask, made_for=self.base_model)
-
-    # ------------------------------------------------------------------ I/O
-    @classmethod
-    def from_pretrained(
-        cls,
-        path_or_repo_id: str | os.PathLike,
-        *,
-        subfolder: str | None = None,
-        revision: str | None = None,
-        **hub_kwargs: Any,
-    ) -> LeanKMasks:
-        """Load masks from a local folder, a bundled mask, or a Hugging Face Hub repo (see `leank_hf.hub`).
-
-        Resolution order, first match wins:
-
-        1. a local folder: the folder itself, then its `leank/` subfolder (masks saved next to a model's weights);
-        2. with neither `subfolder` nor `revision`: a mask shipped with leank_hf whose base model id or name matches
-           (`leank_hf.bundled.available()`), with no network;
-        3. a Hub repo, through the Hugging Face cache (`HF_HUB_OFFLINE=1` and `local_files_only` are honoured): its
-           root, then its `leank/` subfolder.
-
-        A `subfolder` replaces "the root, then `leank/`" in 1 and 3 by that one folder.
-
-        Args:
-            path_or_repo_id (`str` or `os.PathLike`):
-                Folder with `leank_config.json` and `leank_masks.safetensors` (or a model folder with them in
-                `leank/`), a bundled mask's base model id or name, or a Hub repo id (masks or model repo).
-            subfolder (`str`, *optional*):
-                Folder inside the repo or directory where the masks are, when not at the root or in `leank/`.
-            revision (`str`, *optional*):
-                Branch, tag or commit of the Hub repo.
-            hub_kwargs:
-                Passed to `huggingface_hub.hf_hub_download`: `cache_dir`, `token`, `local_files_only`,
-                `force_download`, `repo_type`, `endpoint`, `headers`, ...; an unknown name raises `TypeError`.
-        """
-        from .hub import load_masks
-
-        return load_masks(path_or_repo_id, subfolder=subfolder, revision=revision, **hub_kwargs)
-
-    def save_pretrained(self, save_directory: str | os.PathLike) -> None:
-        """Write `leank_config.json`, `leank_masks.safetensors` and a `README.md` model card into a folder.
-
-        An existing `README.md` (e.g. of a model saved in the same folder) keeps its text: the mask's section and
-        front-matter fields are added or refreshed, so saving twice gives the same files.
-
-        Args:
-            save_directory (`str` or `os.PathLike`):
-                Folder to write to; created if missing.
-        """
-        from .hub import save_masks
-
-        save_masks(self, save_directory)
-
-    def push_to_hub(
-        self,
-        repo_id: str,
-        *,
-        private: bool | None = None,
-        commit_message: str | None = None,
-        revision: str | None = None,
-        token: str | bool | None = None,
-        subfolder: str | None = None,
-    ) -> CommitInfo:
-        """Upload the saved files of these masks to a Hub repo in one commit (the repo is created if needed).
-
-        Args:
-            repo_id (`str`):
-                Target repo, `"user/name"`.
-            private (`bool`, *optional*):
-                Visibility of a repo that has to be created; an existing repo keeps its own.
-            commit_message (`str`, *optional*):
-                Message of the commit.
-            revision (`str`, *optional*):
-                Branch to push to; created from the default branch if missing.
-            token (`str` or `bool`, *optional*):
-                Hub token with write access; defaults to the logged-in one.
-            subfolder (`str`, *optional*):
-                Folder inside the repo, e.g. `"leank"` to put masks next to a model's own files.
-
-        Returns:
-            `huggingface_hub.CommitInfo`: the commit that was made.
-        """
-        from .hub import push_masks_to_hub
-
-        return push_masks_to_hub(
-            self,
-            repo_id,
-            private=private,
-            commit_message=commit_message,
-            revision=revision,
-            token=token,
-            subfolder=subfolder,
-        )
-
-    @classmethod
-    def from_minference(
-        cls,
-        path: str | os.PathLike,
-        *,
-        base_model: str,
-        base_model_revision: str | None = None,
-        sink_size: int = 128,
-        recent_size: int = 768,
-        flush_size: int = 128,
-        align: int | None = None,
-        target_ratio: float | None = None,
-        training_info: dict[str, Any] | None = None,
-    ) -> LeanKMasks:
-        """Import a mask released with MInference's LeanK (`.pth`, float 0/1 `[L, H, D]`); see `leank_hf.minference`.
-
-        Args:
-            path (`str` or `os.PathLike`):
-                The `.pth` file; read with `torch.load(weights_only=True)`.
-            base_model (`str`):
-                Hub id of the model the mask was trained for.
-            base_model_revision (`str`, *optional*):
-                Revision of that model.
-            sink_size (`int`, *optional*, defaults to 128):
-                Sink tokens of the release's decoder.
-            recent_size (`int`, *optional*, defaults to 768):
-                Recent-window tokens of the release's decoder.
-            flush_size (`int`, *optional*, defaults to 128):
-                Flush chunk of the release's decoder.
-            align (`int`, *optional*):
-                Kept-count granularity; inferred from the mask when omitted (largest power of two up to 32 that
-                divides every head's kept count and head_dim).
-            target_ratio (`float`, *optional*):
-                Pruning ratio the mask was trained for, if known.
-            training_info (`dict`, *optional*):
-                Extra provenance merged over the recorded source file name and sha256.
-        """
-        from .minference import load_minference_mask
-
-        return load_minference_mask(
-            path,
-            base_model=base_model,
-            base_model_revision=base_model_revision,
-            sink_size=sink_size,
-            recent_size=recent_size,
-            flush_size=flush_size,
-            align=align,
-            target_ratio=target_ratio,
-            training_info=training_info,
-        )
 
     # ------------------------------------------------------------- equality
     def __eq__(self, other: object) -> bool:

@@ -1,4 +1,4 @@
-"""`leank-hf bench <benchmark>`: run a benchmark, print its table, save json + markdown under benchmarks/results/.
+"""`leank-hf bench <benchmark>`: run a benchmark, print its table, save json + markdown into `--output-dir`.
 
 Each benchmark is one `add_<name>(benchmarks)` function listed in `BENCHMARKS`. It adds its parser, calls
 `add_output_options(parser)` and sets `run` to a function of the parsed arguments that returns a `BenchmarkResult`
@@ -18,17 +18,17 @@ if TYPE_CHECKING:
     from ..tools.benchmarks import BenchmarkResult
 
 COMMANDS = {"bench": "benchmarks (memory, decode, ...)"}
+# Where results go without `--output-dir`: relative to the current directory (the repository root: the saved results).
+DEFAULT_OUTPUT_DIR = "benchmarks/results"
 
 
 def add_output_options(parser: argparse.ArgumentParser) -> None:
     """`--output-dir` and `--no-save`, and `run_and_save` as the command."""
-    from ..tools.benchmarks import RESULTS_DIR
-
     parser.add_argument(
         "--output-dir",
         type=arg.output_dir,
-        default=str(RESULTS_DIR),
-        help="where to save results (default: %(default)s)",
+        default=DEFAULT_OUTPUT_DIR,
+        help="folder for <benchmark>.json and <benchmark>.md (default: %(default)s, relative to the current directory)",
     )
     parser.add_argument("--no-save", action="store_true", help="print the table only")
     parser.set_defaults(func=run_and_save)
@@ -157,5 +157,5 @@ def run_and_save(args: argparse.Namespace) -> int:
     if not args.no_save:
         command = shlex.join(["leank-hf", *sys.argv[1:]])
         for path in result.save(args.output_dir, command=command):
-            print(f"saved {path}")
+            print(f"saved {path.resolve()}")
     return 0

@@ -16,6 +16,7 @@ from ..attention import apply_leank
 from ..cache import LeanKCache
 from ..masks import LeanKMasks
 from ..training.data import chat_prompt_ids, make_multikey_sample
+from .greedy import greedy_decode, next_token
 
 EMBEDDED_BASE_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
@@ -75,27 +76,23 @@ def run_method(
     progress: bool = False,
 ) -> DemoRun:
     """Prefill `input_ids` into `cache`, decode greedily, and time both phases (progress bars named `name`)."""
-    with torch.no_grad():
-        start = time.perf_counter()
-        with layer_progress(model, f"{name} prefill", progress):
-            out = model(input_ids, past_key_values=cache, use_cache=True)
-        prefill_s = time.perf_counter() - start
-        kv_bytes = kv_cache_bytes(cache)  # after the prompt: what long-context decoding reads each step
-        token = out.logits[:, -1:].argmax(-1)
-        generated = [token]
-        bar = tqdm(total=max_new_tokens - 1, desc=f"{name} decode", unit="tok", disable=not progress, leave=False)
-        start = time.perf_counter()
-        for _ in range(max_new_tokens - 1):
-            if int(token) == tokenizer.eos_token_id:
-                break
-            out = model(token, past_key_values=cache, use_cache=True)
-            token = out.logits[:, -1:].argmax(-1)
-            generated.append(token)
-            bar.update(1)
-        decode_s = time.perf_counter() - start
-        bar.close()
-    answer = tokenizer.decode(torch.cat(generated, dim=1)[0], skip_special_tokens=True).strip()
-    decode_rate = (len(generated) - 1) / decode_s if decode_s > 0 and len(generated) > 1 else float("nan")
+    start = time.perf_counter()
+    with layer_progress(model, f"{name} prefill", progress):
+        first = next_token(model, input_ids, cache)
+    prefill_s = time.perf_counter() - start
+    kv_bytes = kv_cache_bytes(cache)  # after the prompt: what long-context decoding reads each step
+    start = time.perf_counter()
+    tokens = greedy_decode(
+        model,
+        cache,
+        first,
+        max_new_tokens=max_new_tokens,
+        eos_token_id=tokenizer.eos_token_id,
+        progress=f"{name} decode" if progress else None,
+    )
+    decode_s = time.perf_counter() - start
+    answer = tokenizer.decode(tokens, skip_special_tokens=True).strip()
+    decode_rate = (len(tokens) - 1) / decode_s if decode_s > 0 and len(tokens) > 1 else float("nan")
     return DemoRun(answer, fact in answer, kv_bytes, input_ids.shape[1] / prefill_s, decode_rate)
 
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +35,7 @@ from ..training.attention import (
 )
 from ..training.data import make_multikey_sample, make_multivalue_sample, tokenize_sample
 from ..training.masking import binary_mask
+from .greedy import greedy_decode, next_token
 
 EVAL_TASKS = ("multikey", "multivalue")
 BASELINES = ("random", "key_norm", "rope_low_freq")
@@ -137,28 +140,24 @@ def _scaling(masks: LeanKMasks, device) -> MiddleKeyScaling:
 def greedy_reply(model, tokenizer, cache, first_token: int, prompt_length: int, *, scaling, facts, max_new_tokens):
     """Decode greedily from `first_token` with generated rows under `scaling` (`None` = exact); stop at the
     end-of-turn token, once all `facts` are in the reply, or after `max_new_tokens`. The cache is cut back after."""
-    tokens = [first_token]
-    eos = tokenizer.eos_token_id
     try:
-        while len(tokens) < max_new_tokens and tokens[-1] != eos:
-            text = tokenizer.decode(tokens, skip_special_tokens=True)
-            if all(fact in text for fact in facts):
-                break
-            step = torch.tensor([[tokens[-1]]], device=model.device)
-            with torch.no_grad(), scaled_middle_keys(scaling) if scaling is not None else _nullcontext():
-                logits = model(input_ids=step, past_key_values=cache, use_cache=True, logits_to_keep=1).logits
-            tokens.append(int(logits[0, -1].argmax()))
+        with scaled_middle_keys(scaling) if scaling is not None else nullcontext():
+            tokens = greedy_decode(
+                model,
+                cache,
+                first_token,
+                max_new_tokens=max_new_tokens,
+                eos_token_id=tokenizer.eos_token_id,
+                stop=_answered(tokenizer, facts),
+            )
     finally:
         truncate_cache(cache, prompt_length)
     return tokenizer.decode(tokens, skip_special_tokens=True)
 
 
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
+def _answered(tokenizer, facts) -> Callable[[list[int]], bool]:
+    """The stop rule of a reply: its text contains every fact."""
+    return lambda tokens: all(fact in tokenizer.decode(tokens, skip_special_tokens=True) for fact in facts)
 
 
 @dataclass
@@ -211,14 +210,7 @@ def evaluate_retrieval(
             )
             cache = prefill(model, group.prefix_ids)
             for question in group.questions:
-                with torch.no_grad():
-                    logits = model(
-                        input_ids=question.suffix_ids.to(model.device)[None],
-                        past_key_values=cache,
-                        use_cache=True,
-                        logits_to_keep=1,
-                    ).logits
-                first = int(logits[0, -1].argmax())
+                first = next_token(model, question.suffix_ids[None], cache)
                 prompt_length = len(group.prefix_ids) + len(question.suffix_ids)
                 result = QuestionResult(task, length, prompt_length, list(question.facts))
                 budget = len(question.answer_ids) + 8
@@ -251,27 +243,11 @@ def evaluate_retrieval(
 def build_report(results: list[QuestionResult], masks: dict[str, LeanKMasks], **settings) -> dict[str, Any]:
     """Per-length accuracy of the full model and, where it succeeds, of every mask; overall retention."""
     names = list(masks)
-    table = []
-    for length in settings["lengths"]:
-        rows = [r for r in results if r.length == length]
-        solved = [r for r in rows if r.correct["full"]]
-        entry = {
-            "length": length,
-            "questions": len(rows),
-            "full_correct": len(solved),
-            "full_accuracy": _ratio(len(solved), len(rows)),
-        }
-        for name in names:
-            entry[name] = _ratio(sum(r.correct.get(name, False) for r in solved), len(solved))
-        table.append(entry)
-    solved = [r for r in results if r.correct["full"]]
-    overall = {
-        "questions": len(results),
-        "full_correct": len(solved),
-        "full_accuracy": _ratio(len(solved), len(results)),
-    }
-    for name in names:
-        overall[name] = _ratio(sum(r.correct.get(name, False) for r in solved), len(solved))
+    table = [
+        {"length": length, **_accuracies([r for r in results if r.length == length], names)}
+        for length in settings["lengths"]
+    ]
+    overall = _accuracies(results, names)
     return {
         "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in settings.items()},
         "methods": {
@@ -290,6 +266,19 @@ def build_report(results: list[QuestionResult], masks: dict[str, LeanKMasks], **
         "overall": overall,
         "questions": [r.__dict__ for r in results],
     }
+
+
+def _accuracies(results: list[QuestionResult], names: list[str]) -> dict[str, Any]:
+    """The full model's accuracy over `results`, then each method's over the questions the full model solved."""
+    solved = [r for r in results if r.correct["full"]]
+    entry: dict[str, Any] = {
+        "questions": len(results),
+        "full_correct": len(solved),
+        "full_accuracy": _ratio(len(solved), len(results)),
+    }
+    for name in names:
+        entry[name] = _ratio(sum(r.correct.get(name, False) for r in solved), len(solved))
+    return entry
 
 
 def _ratio(part: int, whole: int) -> float | None:
@@ -348,14 +337,12 @@ def verify_deployed(model, tokenizer, masks: LeanKMasks, report: dict[str, Any],
 
 
 def _deployed_reply(model, tokenizer, ids, cache, question) -> str:
-    tokens: list[int] = []
-    step = ids
-    with torch.no_grad():
-        while len(tokens) < len(question.answer_ids) + 8:
-            logits = model(input_ids=step, past_key_values=cache, use_cache=True, logits_to_keep=1).logits
-            tokens.append(int(logits[0, -1].argmax()))
-            text = tokenizer.decode(tokens, skip_special_tokens=True)
-            if tokens[-1] == tokenizer.eos_token_id or all(f in text for f in question.facts):
-                break
-            step = torch.tensor([[tokens[-1]]], device=model.device)
+    tokens = greedy_decode(
+        model,
+        cache,
+        next_token(model, ids, cache),
+        max_new_tokens=len(question.answer_ids) + 8,
+        eos_token_id=tokenizer.eos_token_id,
+        stop=_answered(tokenizer, question.facts),
+    )
     return tokenizer.decode(tokens, skip_special_tokens=True)

@@ -1,8 +1,7 @@
 """Benchmarks behind `leank-hf bench`: memory, CPU decode and GPU kernel/generate timings.
 
-A benchmark builds a `BenchmarkResult`, which prints as a markdown table and saves to
-`benchmarks/results/<name>.json` (rows, raw numbers, settings, environment) and `<name>.md` (the table and the command
-that made it).
+A benchmark builds a `BenchmarkResult`, which prints as a markdown table and saves, into the folder its caller names,
+`<name>.json` (rows, raw numbers, settings, environment) and `<name>.md` (the table and the command that made it).
 """
 
 from __future__ import annotations
@@ -18,7 +17,10 @@ from typing import Any
 
 import torch
 
-RESULTS_DIR = Path("benchmarks") / "results"
+from ...masks import LeanKMasks
+
+# The bundled mask whose shapes (Llama-3.1-8B: 32 layers, 8 KV heads x 128) the kernel and model benchmarks use.
+MASK_ID = "meta-llama/Llama-3.1-8B-Instruct"
 
 
 @dataclass
@@ -56,8 +58,8 @@ class BenchmarkResult:
             parts += ["", note]
         return "\n".join(parts) + "\n"
 
-    def save(self, directory: str | os.PathLike = RESULTS_DIR, command: str = "") -> tuple[Path, Path]:
-        """Write `<name>.json` and `<name>.md` into `directory`; return their paths."""
+    def save(self, directory: str | os.PathLike, command: str = "") -> tuple[Path, Path]:
+        """Write `<name>.json` and `<name>.md` into `directory` (created if missing); return their paths."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         json_path, markdown_path = directory / f"{self.name}.json", directory / f"{self.name}.md"
@@ -95,3 +97,22 @@ def environment() -> dict[str, Any]:
 def mib(size: int) -> str:
     """Bytes as MiB with one decimal, for tables."""
     return f"{size / 2**20:,.1f}"
+
+
+def llama_masks(num_layers: int, *, spread: bool = False) -> LeanKMasks:
+    """`num_layers` layers of the bundled `MASK_ID` mask, with its windows and align: its first layers, or with
+    `spread` layers evenly spaced over the whole model (`training_info` lists them)."""
+    full = LeanKMasks.from_pretrained(MASK_ID)
+    if spread:
+        layers = torch.linspace(0, full.num_layers - 1, num_layers).round().long().tolist()
+    else:
+        layers = list(range(num_layers))
+    return LeanKMasks(
+        full.mask[layers],
+        base_model=full.base_model,
+        sink_size=full.sink_size,
+        recent_size=full.recent_size,
+        flush_size=full.flush_size,
+        align=full.align,
+        training_info={"layers of": MASK_ID, "layers": layers},
+    )

@@ -28,25 +28,14 @@ from ...attention import apply_leank, implementation_name
 from ...cache import LeanKCache
 from ...cache_layer import LeanKLayer
 from ...masks import LeanKMasks
-from . import BenchmarkResult
+from . import BenchmarkResult, llama_masks
 
-MASK_ID = "meta-llama/Llama-3.1-8B-Instruct"
 DEFAULT_CONTEXTS = (1024, 2048, 4096, 8192, 16384)
 
 
 def build_models(num_layers: int, dtype: torch.dtype) -> tuple[LlamaForCausalLM, LlamaForCausalLM, LeanKMasks]:
     """The sdpa model, a copy switched to LeanK (torch backend), and the masks of `num_layers` layers."""
-    full = LeanKMasks.from_pretrained(MASK_ID)
-    layers = torch.linspace(0, full.num_layers - 1, num_layers).round().long()
-    masks = LeanKMasks(
-        full.mask[layers],
-        base_model=full.base_model,
-        sink_size=full.sink_size,
-        recent_size=full.recent_size,
-        flush_size=full.flush_size,
-        align=full.align,
-        training_info={"layers of": MASK_ID, "layers": layers.tolist()},
-    )
+    masks = llama_masks(num_layers, spread=True)
     config = LlamaConfig(
         vocab_size=1024,
         hidden_size=1024,

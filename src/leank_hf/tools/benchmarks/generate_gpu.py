@@ -39,10 +39,9 @@ from ...cache_layer import LeanKLayer
 from ...errors import LeanKUsageError
 from ...masks import LeanKMasks
 from ...static_cache import LeanKStaticCache
-from . import BenchmarkResult
+from . import MASK_ID, BenchmarkResult, llama_masks
 from .kernel import copy_bandwidth_gbps
 
-MASK_ID = "meta-llama/Llama-3.1-8B-Instruct"
 METHODS = ("sdpa", "static_compiled", "leank", "leank_static_compiled")
 COMPILED = ("static_compiled", "leank_static_compiled")
 # Dynamic caches: the largest-batch search (which fills caches by hand) and the tensor-parallel benchmark use these.
@@ -108,19 +107,6 @@ def build_model(intermediate_size: int, vocab_size: int, num_layers: int) -> Lla
     model.generation_config.eos_token_id = None
     model.generation_config.pad_token_id = 0
     return model
-
-
-def llama_masks(num_layers: int) -> LeanKMasks:
-    """The first `num_layers` layers of the bundled Llama-3.1-8B-Instruct mask, with its windows."""
-    full = LeanKMasks.from_pretrained(MASK_ID)
-    return LeanKMasks(
-        full.mask[:num_layers],
-        base_model=full.base_model,
-        sink_size=full.sink_size,
-        recent_size=full.recent_size,
-        flush_size=full.flush_size,
-        align=full.align,
-    )
 
 
 def switch_attention(model: LlamaForCausalLM, method: str) -> None:

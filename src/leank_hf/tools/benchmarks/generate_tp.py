@@ -27,8 +27,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from ...masks import LeanKMasks
-from . import BenchmarkResult
-from .generate_gpu import GIB, SEARCHED, build_model, cache_bytes, fill_random, llama_masks, new_cache, switch_attention
+from . import BenchmarkResult, llama_masks
+from .generate_gpu import GIB, SEARCHED, build_model, cache_bytes, fill_random, new_cache, switch_attention
 
 # Prompt rows: longer than the bundled mask's sink (128) + recent (768) windows, by several flushes (128).
 ROWS = (1500, 1100, 400)
@@ -222,12 +222,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("stage", choices=("reference", "check", "bench"))
     parser.add_argument("work", type=Path, help="folder of the saved model and the one-GPU outputs")
-    parser.add_argument("out", type=Path, nargs="?", default=Path("benchmarks/results/tp"), help="results folder")
+    parser.add_argument("out", type=Path, nargs="?", help="results folder (check and bench: required)")
     parser.add_argument("--layers", type=int, default=8, help="decoder layers of the random model (reference)")
     parser.add_argument("--contexts", type=_tokens, default=[32768, 131072], help="e.g. 32k,128k (bench)")
     parser.add_argument("--batches", type=_tokens, default=[1, 8], help="e.g. 1,8 (bench)")
     parser.add_argument("--steps", type=int, default=16, help="timed decode steps per point (bench)")
     args = parser.parse_args(argv)
+    if args.stage != "reference" and args.out is None:
+        parser.error(f"{args.stage} writes its results to OUT: name the folder after WORK")
     if args.stage == "reference":
         args.work.mkdir(parents=True, exist_ok=True)
         reference(args.work, args.layers)

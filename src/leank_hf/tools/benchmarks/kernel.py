@@ -26,9 +26,8 @@ from ...contract import Windows
 from ...errors import LeanKUsageError
 from ...masks import LeanKMasks
 from ...ops.decode_attention.layout import CompactKV, HeadLayout
-from . import BenchmarkResult
+from . import MASK_ID, BenchmarkResult
 
-MASK_ID = "meta-llama/Llama-3.1-8B-Instruct"
 DEFAULT_CONTEXTS = (8192, 32768, 131072)
 DEFAULT_BATCHES = (1, 8, 32)
 NUM_Q_HEADS = 32  # Llama-3.1-8B
