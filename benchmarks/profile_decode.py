@@ -19,14 +19,8 @@ import torch
 from torch.profiler import ProfilerActivity, profile, schedule
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from leank_hf.tools.benchmarks.generate_gpu import (
-    COMPILED,
-    METHODS,
-    build_model,
-    llama_masks,
-    new_cache,
-    switch_attention,
-)
+from leank_hf.tools.benchmarks import llama_masks
+from leank_hf.tools.benchmarks.generate_gpu import COMPILED, METHODS, build_model, new_cache, switch_attention
 
 WAIT, WARMUP = 2, 2  # profiler steps skipped: the prefill (step 0) and the first decode steps
 
