@@ -51,10 +51,7 @@ def fraction(text: str) -> float:
 
 def unit_interval(text: str) -> float:
     """A number between 0 and 1, both included."""
-    value = _number(text, float, "a number between 0 and 1")
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}")
-    return value
+    return _number(text, float, "a number between 0 and 1", lambda value: 0 <= value <= 1)
 
 
 def sizes(text: str) -> list[int]:
