@@ -2,7 +2,9 @@
 
 The library's `HeadLayout` / `CompactKV` are only the containers filled here; which key is stored where follows the
 `CompactKV` docstring. Every stored element no query row may read (left pads, each row's sink tokens in the middle,
-masked keys, sink slots past the sequence) holds `filler`; spare capacity always holds NaN.
+masked keys, sink slots past the sequence) holds `filler`; spare capacity always holds NaN. An 8-bit middle
+(`quant`) stores the codes and scales of `reference.quantize`; its unreadable slots hold `filler` scales and codes
+of the largest int8 value (int8) or `filler` (fp8), its spare scales NaN.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from leank_hf.ops.decode_attention.layout import CompactKV, HeadLayout
+from reference import QUANT_FORMATS, quantize
 
 
 def pack_compact(
@@ -26,6 +29,7 @@ def pack_compact(
     spare: int = 5,
     filler: float = float("nan"),
     device: torch.device | str | None = None,
+    quant: str | None = None,
 ) -> CompactKV:
     """Store a dense `[B, H, L, D]` history for query rows at global slots `query_start + i` (default: `L - 1`, one
     decode row) whose full windows start at `boundaries[i]` (non-decreasing).
@@ -52,6 +56,9 @@ def pack_compact(
     mid_keys = torch.full((batch, mid_cap * layout.total_width), nan, dtype=keys.dtype)
     mid_values = torch.full((batch, layout.num_value_heads, mid_cap, head_dim), nan, dtype=keys.dtype)
     mid_values[:, :, :num_mid] = filler
+    key_scales = torch.full((batch, layout.num_value_heads, mid_cap), nan)
+    value_scales = torch.full_like(key_scales, nan)
+    key_scales[:, :, :num_mid] = value_scales[:, :, :num_mid] = filler
     for b in range(batch):
         p = int(pad[b])
         for s in range(sink):
@@ -74,6 +81,17 @@ def pack_compact(
                 if readable(b, sink + t):
                     block[t] = keys[b, h, sink + t, kept]
                     mid_values[b, slot, t] = values[b, h, sink + t]
+                    if quant is not None:
+                        codes, key_scales[b, slot, t] = quantize(keys[b, h, sink + t, kept], quant)
+                        block[t] = codes.float()  # codes are exact in every float dtype
+                        codes, value_scales[b, slot, t] = quantize(values[b, h, sink + t], quant)
+                        mid_values[b, slot, t] = codes.float()
+    if quant is not None:
+        # NaN fillers become the largest int8 code (the NaN scale still poisons a read of it).
+        code_dtype = QUANT_FORMATS[quant][1]
+        nan_code = 127.0 if quant == "int8" else nan
+        mid_keys = torch.nan_to_num(mid_keys.float(), nan=nan_code).to(code_dtype)
+        mid_values = torch.nan_to_num(mid_values.float(), nan=nan_code).to(code_dtype)
     kv = CompactKV(
         layout=layout,
         full_keys=full_keys,
@@ -89,6 +107,8 @@ def pack_compact(
         query_start=length - 1 if query_start is None else query_start,
         boundaries=tuple(boundaries),
         key_mask=key_mask,
+        mid_key_scales=None if quant is None else key_scales,
+        mid_value_scales=None if quant is None else value_scales,
     )
     return kv if device is None else to_device(kv, device)
 
@@ -96,7 +116,17 @@ def pack_compact(
 def to_device(kv: CompactKV, device: torch.device | str) -> CompactKV:
     """A copy of `kv` with every tensor on `device`."""
     fields = {name: getattr(kv, name) for name in kv.__dataclass_fields__}
-    for name in ("full_keys", "full_values", "mid_keys", "mid_values", "pad", "key_mask"):
+    names = (
+        "full_keys",
+        "full_values",
+        "mid_keys",
+        "mid_values",
+        "pad",
+        "key_mask",
+        "mid_key_scales",
+        "mid_value_scales",
+    )
+    for name in names:
         if fields[name] is not None:
             fields[name] = fields[name].to(device)
     fields["layout"] = kv.layout.to(device)

@@ -10,7 +10,10 @@ the full-width key/value history, and applies the rules with boolean masks over 
   that its attention mask allows (holes included: never a masked key) with all channels if `j < pad[b] + sink` or
   `j >= boundary(q)`, otherwise with its KV head's kept channels only (the other channels zeroed), and not at all if
   that head keeps no channel;
-- `boundary(q) = sink + flush * floor(max(0, q + 1 - sink - recent) / flush)`.
+- `boundary(q) = sink + flush * floor(max(0, q + 1 - sink - recent) / flush)`;
+- with an 8-bit middle (`quant`), a middle key is read as its kept channels quantized with one scale per (token, KV
+  head) (the largest kept magnitude maps to the format's largest code) and a middle value likewise over all its
+  channels; sinks and the recent window stay exact. The rule is per token, so it holds for any query row.
 
 Layers that are not `full_attention` are left to sdpa, as LeanK leaves them to transformers.
 """
@@ -70,6 +73,30 @@ def window_start(query_slot: int, sink: int, recent: int, flush: int) -> int:
     return sink + (flush * (overflow // flush) if overflow > 0 else 0)
 
 
+# Largest code and code dtype of each 8-bit middle format.
+QUANT_FORMATS = {"int8": (127.0, torch.int8), "fp8": (448.0, torch.float8_e4m3fn)}
+
+
+def quantize(x: torch.Tensor, fmt: str, keep: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(codes, scale)` of vectors `x [..., D]`: `scale [..., 1]` = largest `|x|` over the channels `keep` allows
+    (default all) over the format's largest code, in fp32; codes of every channel, rounded half to even (int8) or cast
+    (fp8), clamped to the code range."""
+    qmax, dtype = QUANT_FORMATS[fmt]
+    x = x.float()
+    magnitude = x.abs() if keep is None else x.abs() * keep.float()
+    scale = magnitude.amax(-1, keepdim=True) / qmax
+    codes = x / torch.where(scale > 0, scale, torch.ones_like(scale))
+    if fmt == "int8":
+        codes = codes.round()
+    return codes.clamp(-qmax, qmax).to(dtype), scale
+
+
+def fake_quantize(x: torch.Tensor, fmt: str, keep: torch.Tensor | None = None) -> torch.Tensor:
+    """The vectors an 8-bit middle stores for `x [..., D]` (see `quantize`), in float64."""
+    codes, scale = quantize(x, fmt, keep)
+    return codes.double() * scale.double()
+
+
 def random_layer_mask(widths, head_dim: int, generator: torch.Generator) -> torch.Tensor:
     """A random `[H, head_dim]` keep mask with `widths[h]` kept channels for head `h`."""
     mask = torch.zeros(len(widths), head_dim, dtype=torch.bool)
@@ -91,6 +118,7 @@ def dense_attention(
     query_start: int | None = None,
     key_mask: torch.Tensor | None = None,
     skip_heads: torch.Tensor | None = None,
+    quant: str | None = None,
 ) -> torch.Tensor:
     """One layer's LeanK attention over dense full-width keys, in float64: `[B, Hq, n, D]`.
 
@@ -99,6 +127,7 @@ def dense_attention(
     `key_mask` allows it (`[B, >= T]`, or `[B, n, >= T]` per query row); with all channels if `j < pad[b] + sink` or
     `j >= boundaries[i]`, otherwise with its KV head's keys multiplied channel-wise by `keep [H, D]` (a boolean mask or
     float scales), and not at all if the head is skipped (`skip_heads [H]`; default: heads whose `keep` is all zero).
+    With `quant` ("int8" or "fp8"; `keep` boolean) pruned keys and the values of pruned reads are `fake_quantize`d.
     """
     batch, num_query_heads, num_rows, head_dim = query.shape
     num_heads, total = keys.shape[1], keys.shape[2]
@@ -110,7 +139,12 @@ def dense_attention(
     q = query.to(device=device, dtype=torch.float64).reshape(batch, num_heads, groups, num_rows, head_dim)
     k = keys.to(torch.float64)
     exact = torch.einsum("bhgnd,bhtd->bhgnt", q, k)
-    pruned = torch.einsum("bhgnd,bhtd->bhgnt", q, k * weights[None, :, None, :])
+    pruned_keys = k * weights[None, :, None, :]
+    mid_values = values.to(device=device, dtype=torch.float64)
+    if quant is not None:
+        pruned_keys = fake_quantize(keys, quant, keep.to(device)[None, :, None, :]) * weights[None, :, None, :]
+        mid_values = fake_quantize(values.to(device), quant)
+    pruned = torch.einsum("bhgnd,bhtd->bhgnt", q, pruned_keys)
 
     slots = torch.arange(total, device=device)
     rows = torch.arange(start, start + num_rows, device=device)
@@ -125,7 +159,8 @@ def dense_attention(
     readable = readable[:, None, None] & (full | ~skip[None, :, None, None, None])
     scores = torch.where(full, exact, pruned).masked_fill(~readable, float("-inf")) * scale
     probs = torch.softmax(scores, dim=-1)
-    output = torch.einsum("bhgnt,bhtd->bhgnd", probs, values.to(torch.float64))
+    output = torch.einsum("bhgnt,bhtd->bhgnd", probs * full, values.to(torch.float64))
+    output = output + torch.einsum("bhgnt,bhtd->bhgnd", probs * ~full, mid_values)
     return output.reshape(batch, num_query_heads, num_rows, head_dim)
 
 
@@ -141,6 +176,7 @@ def reference_attention(
     recent: int,
     flush: int,
     scaling: float | None = None,
+    quant: str | None = None,
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
     """LeanK attention computed densely. `keep` is the model's `[layers, kv_heads, head_dim]` boolean mask."""
@@ -168,14 +204,17 @@ def reference_attention(
         boundaries=[window_start(row, sink, recent, flush) for row in range(start, total)],
         scale=scaling if scaling is not None else head_dim**-0.5,
         key_mask=allowed,
+        quant=quant,
     )
     return output.to(query.dtype).transpose(1, 2).contiguous(), None
 
 
 @contextmanager
-def reference_model(model, keep: torch.Tensor, sink: int, recent: int, flush: int) -> Iterator:
+def reference_model(
+    model, keep: torch.Tensor, sink: int, recent: int, flush: int, quant: str | None = None
+) -> Iterator:
     """Switch `model` to the dense reference for the duration of the block (use it with a `ReferenceCache`, or a
-    `DynamicCache` where only the first forward is prompt)."""
+    `DynamicCache` where only the first forward is prompt); `quant` names an 8-bit middle format."""
 
     def attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
         return reference_attention(
@@ -189,6 +228,7 @@ def reference_model(model, keep: torch.Tensor, sink: int, recent: int, flush: in
             recent=recent,
             flush=flush,
             scaling=scaling,
+            quant=quant,
             **kwargs,
         )
 

@@ -31,7 +31,7 @@ CASES = {
 FILLER = 7.0
 
 
-def _case(name: str, dtype: torch.dtype, seed: int = 0, holes: bool = False):
+def _case(name: str, dtype: torch.dtype, seed: int = 0, holes: bool = False, quant: str | None = None):
     batch, heads, groups, head_dim, widths, sink, length, rows, pads, boundaries = CASES[name]
     generator = torch.Generator().manual_seed(seed)
     mask = random_layer_mask(widths, head_dim, generator)
@@ -47,11 +47,11 @@ def _case(name: str, dtype: torch.dtype, seed: int = 0, holes: bool = False):
         key_mask[:, query_start:length] = True
     kv = pack_compact(
         keys, values, mask, pad, sink=sink, boundaries=boundaries, query_start=query_start, key_mask=key_mask,
-        filler=FILLER,
+        filler=FILLER, quant=quant,
     )  # fmt: skip
     expected = dense_attention(
         query, keys, values, mask, pad=pad, sink=sink, boundaries=boundaries, scale=head_dim**-0.5,
-        query_start=query_start, key_mask=key_mask,
+        query_start=query_start, key_mask=key_mask, quant=quant,
     )  # fmt: skip
     return query, kv, expected, head_dim**-0.5
 
@@ -68,6 +68,24 @@ def test_torch_path_matches_dense_rules(name: str, holes: bool, dtype: torch.dty
     output = leank_decode_torch(query, kv, scale=scale)
     assert output.dtype == dtype and output.shape == query.shape
     torch.testing.assert_close(output.double(), expected, atol=atol, rtol=rtol)
+
+
+@pytest.mark.parametrize(
+    "dtype, atol, rtol",
+    [(torch.float32, 1e-5, 1e-5), (torch.bfloat16, 1.6e-2, 1.6e-2)],
+    ids=["fp32", "bf16"],
+)
+@pytest.mark.parametrize("quant", ["int8", "fp8"])
+@pytest.mark.parametrize("name", ["decode-padded", "chunk", "no-sink", "all-heads-zero", "all-channels-kept"])
+def test_torch_path_reads_an_8bit_middle(name: str, quant: str, dtype: torch.dtype, atol: float, rtol: float) -> None:
+    """Codes and scales in the middle: the dense reference applies the same quantize-dequantize to what it reads."""
+    query, kv, expected, scale = _case(name, dtype, seed=3, holes=True, quant=quant)
+    assert kv.mid_keys.element_size() == 1 and kv.mid_key_scales is not None
+    output = leank_decode_torch(query, kv, scale=scale)
+    torch.testing.assert_close(output.double(), expected, atol=atol, rtol=rtol)
+    if dtype == torch.float32 and kv.num_mid and kv.layout.num_value_heads:  # unquantized math is farther off
+        _, _, exact, _ = _case(name, torch.float32, seed=3, holes=True)
+        assert (exact - expected).abs().max() > 10 * atol
 
 
 class _LargestAllocation(TorchDispatchMode):

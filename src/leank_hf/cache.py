@@ -14,6 +14,7 @@ from .contract import FULL_ATTENTION, SLIDING_ATTENTION, ModelShape, Windows
 from .errors import LeanKUsageError
 from .footprint import REGIONS, MemoryFootprint, RegionBytes, dense_footprint
 from .masks import LeanKMasks
+from .ops.decode_attention.quantization import check_quant_name
 from .tensor_parallel import KVHeadShard, kv_head_shard
 
 
@@ -43,6 +44,10 @@ class LeanKCache(Cache):
             Attend a prompt fed in several forwards (`generate(prefill_chunk_size=...)`) exactly: each layer keeps
             the prompt dense until the first decode step, so peak memory is a `DynamicCache`'s for the prompt. Without
             it each layer compacts its prompt right after attending it, and a forward continuing the prompt is refused.
+        middle_quant (`str`, *optional*):
+            Store the middle region's kept key channels and values in 8 bits, with one fp32 scale per (token, KV
+            head): `"fp8"` (FP8 e4m3), `"int8"`, or `"auto"` (FP8 on GPUs of compute capability 8.9 or newer, int8
+            elsewhere). Sinks and recent window stay in the model's dtype. `None` (default): no quantization.
 
     Example:
 
@@ -55,7 +60,7 @@ class LeanKCache(Cache):
     ```
     """
 
-    _CACHE_ARGUMENTS: tuple[str, ...] = ("sink_size", "recent_size", "flush_size", "chunked_prefill")
+    _CACHE_ARGUMENTS: tuple[str, ...] = ("sink_size", "recent_size", "flush_size", "chunked_prefill", "middle_quant")
 
     def __init__(
         self,
@@ -67,8 +72,10 @@ class LeanKCache(Cache):
         flush_size: int | None = None,
         kv_heads: KVHeadShard | None = None,
         chunked_prefill: bool = False,
+        middle_quant: str | None = None,
     ):
-        self.chunked_prefill = chunked_prefill
+        check_quant_name(middle_quant)
+        self.chunked_prefill, self.middle_quant = chunked_prefill, middle_quant
         if not isinstance(masks, LeanKMasks):
             raise LeanKUsageError(f"`masks` must be a LeanKMasks, got {type(masks).__name__}")
         shape = ModelShape.from_config(config)
@@ -106,6 +113,7 @@ class LeanKCache(Cache):
             recent_size=self.recent_size,
             flush_size=self.flush_size,
             keep_prompt_dense=self.chunked_prefill,
+            middle_quant=self.middle_quant,
         )
 
     def _sliding_layer(self, sliding_window: int) -> CacheLayerMixin:

@@ -21,6 +21,7 @@ from .errors import LeanKUsageError, MaskError
 from .footprint import MemoryFootprint, compact_layer_footprint, dense_footprint
 from .middle_region import MiddleRegion
 from .ops.decode_attention.layout import CompactKV, HeadLayout
+from .ops.decode_attention.quantization import check_quant_name, resolve_quant
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +72,9 @@ class LeanKLayer(CacheLayerMixin):
             Tokens leave the recent window in chunks of this size.
         keep_prompt_dense (`bool`, *optional*, defaults to `False`):
             Keep the prompt dense until decoding starts, so a prompt fed in chunks is attended exactly.
+        middle_quant (`str`, *optional*):
+            Store the middle region in 8 bits: `"int8"`, `"fp8"` (FP8 e4m3) or `"auto"` (FP8 on GPUs of compute
+            capability 8.9 or newer, int8 elsewhere); `None` keeps the model's dtype.
     """
 
     is_compileable = False
@@ -86,9 +90,11 @@ class LeanKLayer(CacheLayerMixin):
         recent_size: int,
         flush_size: int,
         keep_prompt_dense: bool = False,
+        middle_quant: str | None = None,
     ):
         super().__init__()
-        self.keep_prompt_dense = keep_prompt_dense
+        check_quant_name(middle_quant)
+        self.keep_prompt_dense, self.middle_quant = keep_prompt_dense, middle_quant
         self.host_layout = HeadLayout.from_mask(layer_mask)
         self.windows = Windows(sink_size, recent_size, flush_size)
         self.sink_size, self.recent_size, self.flush_size = sink_size, recent_size, flush_size
@@ -125,7 +131,10 @@ class LeanKLayer(CacheLayerMixin):
         self.dtype, self.device, self.batch = key_states.dtype, key_states.device, batch
         self.layout = self.host_layout.to(self.device)
         self.full_keys = self.full_values = self._full_buffer(0)
-        self.middle = MiddleRegion(self.host_layout, self.layout, batch=batch, capacity=0, dtype=self.dtype)
+        quant = resolve_quant(self.middle_quant, self.device)
+        self.middle = MiddleRegion(
+            self.host_layout, self.layout, batch=batch, capacity=0, dtype=self.dtype, quant=quant
+        )
         self.is_initialized = True
 
     @property
@@ -258,6 +267,8 @@ class LeanKLayer(CacheLayerMixin):
             pad=self.pad,
             query_start=old_length,
             boundaries=tuple(self._flushed(position + 1) for position in range(old_length, length)),
+            mid_key_scales=self.middle.key_scales,
+            mid_value_scales=self.middle.value_scales,
         )
 
     # ------------------------------------------------------------ full region

@@ -1,7 +1,8 @@
 """The middle region of one LeanK layer: kept key channels, and values of the heads that keep a channel.
 
 Both caches store it the same way (the layout of `ops.decode_attention.layout`); `LeanKLayer` grows it by flushes,
-`LeanKStaticLayer` allocates it once for `max_cache_len` tokens.
+`LeanKStaticLayer` allocates it once for `max_cache_len` tokens. With a `MiddleQuant` format the keys and values are
+8-bit codes with one fp32 scale per (token, KV head) (`ops.decode_attention.quantization`).
 """
 
 from __future__ import annotations
@@ -11,11 +12,14 @@ from collections.abc import Callable
 import torch
 
 from .ops.decode_attention.layout import HeadLayout, WidthGroup
+from .ops.decode_attention.quantization import MiddleQuant, quantize_rows, quantize_segments
 
 
 class MiddleRegion:
     """`capacity` middle tokens per batch row: `keys [B, capacity * C]` and `values [B, NV, capacity, D]`.
 
+    With `quant`, both hold 8-bit codes and `key_scales`/`value_scales` `[B, NV, capacity]` (fp32, KV heads in
+    storage order, as the values) their scales; without it they hold the model's dtype and the scales are `None`.
     Zero-filled, so slots never written are read (with zero weight) as zeros, never as NaN.
 
     Args:
@@ -24,16 +28,41 @@ class MiddleRegion:
         batch (`int`): batch rows.
         capacity (`int`): middle tokens per row.
         dtype (`torch.dtype`): the model's dtype.
+        quant (`MiddleQuant`, *optional*): 8-bit format of keys and values.
     """
 
-    def __init__(self, host_layout: HeadLayout, layout: HeadLayout, *, batch: int, capacity: int, dtype: torch.dtype):
+    def __init__(
+        self,
+        host_layout: HeadLayout,
+        layout: HeadLayout,
+        *,
+        batch: int,
+        capacity: int,
+        dtype: torch.dtype,
+        quant: MiddleQuant | None = None,
+    ):
         device = layout.widths.device
-        self.host_layout, self.layout, self.capacity = host_layout, layout, capacity
-        self.keys = torch.zeros(batch, capacity * layout.total_width, dtype=dtype, device=device)
-        self.values = torch.zeros(batch, layout.num_value_heads, capacity, layout.head_dim, dtype=dtype, device=device)
+        self.host_layout, self.layout, self.capacity, self.dtype, self.quant = (
+            host_layout,
+            layout,
+            capacity,
+            dtype,
+            quant,
+        )
+        stored = dtype if quant is None else quant.dtype
+        num_value_heads = layout.num_value_heads
+        self.keys = torch.zeros(batch, capacity * layout.total_width, dtype=stored, device=device)
+        self.values = torch.zeros(batch, num_value_heads, capacity, layout.head_dim, dtype=stored, device=device)
+        self.key_scales = self.value_scales = None
+        if quant is not None:
+            self.key_scales = torch.zeros(batch, num_value_heads, capacity, dtype=torch.float32, device=device)
+            self.value_scales = torch.zeros_like(self.key_scales)
         # Element of compact channel k at middle index t: key_base[k] + t * key_step[k] (see layout.py).
         self.key_base, self.key_step = host_layout.middle_key_index(capacity, device)
-        self.value_heads = layout.storage_order[: layout.num_value_heads]
+        self.value_heads = layout.storage_order[:num_value_heads]
+        # Value slot (storage position) of the head of each compact channel: the segments key scales cover.
+        widths = host_layout.widths.long()[host_layout.storage_order[:num_value_heads]]
+        self.channel_slot = torch.repeat_interleave(torch.arange(num_value_heads), widths).to(device)
 
     @property
     def batch(self) -> int:
@@ -41,21 +70,32 @@ class MiddleRegion:
 
     def write(self, keys: torch.Tensor, values: torch.Tensor, index: torch.Tensor) -> None:
         """Store `[B, H, n, D]` tokens at middle indices `index [n]` (a device tensor; no host synchronisation)."""
-        layout = self.layout
+        layout, quant = self.layout, self.quant
         if layout.total_width:
             compact = keys.transpose(1, 2).reshape(self.batch, keys.shape[2], -1).index_select(2, layout.gather_index)
+            if quant is not None:
+                compact, scales = quantize_segments(compact, self.channel_slot, layout.num_value_heads, quant)
+                self.key_scales.index_copy_(2, index, scales.transpose(1, 2))
             flat = self.key_base + index[:, None] * self.key_step  # [n, C]
-            self.keys.index_copy_(1, flat.flatten(), compact.flatten(1))
+            _bytes(self.keys).index_copy_(1, flat.flatten(), _bytes(compact.flatten(1)))
         if layout.num_value_heads:
-            self.values.index_copy_(2, index, values.index_select(1, self.value_heads))
+            kept = values.index_select(1, self.value_heads)
+            if quant is not None:
+                kept, scales = quantize_rows(kept, quant)
+                self.value_scales.index_copy_(2, index, scales)
+            _bytes(self.values).index_copy_(2, index, _bytes(kept))
 
     def resized(self, capacity: int, keep: int) -> MiddleRegion:
         """A region of `capacity` tokens holding this one's first `keep` tokens."""
-        region = MiddleRegion(self.host_layout, self.layout, batch=self.batch, capacity=capacity, dtype=self.keys.dtype)
+        region = MiddleRegion(
+            self.host_layout, self.layout, batch=self.batch, capacity=capacity, dtype=self.dtype, quant=self.quant
+        )
         if keep:
             for group in self.layout.groups:
                 region._group_view(group)[:, :, :keep] = self._group_view(group)[:, :, :keep]
-            region.values[:, :, :keep] = self.values[:, :, :keep]
+            for name in ("values", "key_scales", "value_scales"):
+                if getattr(self, name) is not None:
+                    getattr(region, name)[:, :, :keep] = getattr(self, name)[:, :, :keep]
         return region
 
     def _group_view(self, group: WidthGroup) -> torch.Tensor:
@@ -64,30 +104,44 @@ class MiddleRegion:
         stop = start + self.capacity * group.count * group.width
         return self.keys[:, start:stop].view(self.batch, group.count, self.capacity, group.width)
 
+    def _stored(self) -> tuple[str, ...]:
+        return ("keys", "values") if self.quant is None else ("keys", "values", "key_scales", "value_scales")
+
     def map_batch(self, function: Callable[[torch.Tensor], torch.Tensor]) -> None:
-        """Replace keys and values by `function` of them (a batch reorder or selection)."""
-        self.keys, self.values = function(self.keys), function(self.values)
+        """Replace keys, values (and scales) by `function` of them (a batch reorder or selection)."""
+        for name in self._stored():
+            setattr(self, name, function(getattr(self, name)))
 
     def copy_batch_(self, index: torch.Tensor) -> None:
         """Reorder the batch rows in place (addresses stay fixed)."""
-        for tensor in (self.keys, self.values):
+        for name in self._stored():
+            tensor = getattr(self, name)
             tensor.copy_(tensor.index_select(0, index.to(tensor.device)))
 
     def zero_(self) -> None:
-        self.keys.zero_()
-        self.values.zero_()
+        for name in self._stored():
+            getattr(self, name).zero_()
 
     def tensors(self) -> tuple[torch.Tensor, ...]:
         """Every tensor a write or a read of the region touches."""
-        return self.keys, self.values, self.key_base, self.key_step, self.value_heads
+        scales = () if self.quant is None else (self.key_scales, self.value_scales, self.channel_slot)
+        return self.keys, self.values, *scales, self.key_base, self.key_step, self.value_heads
 
     @property
     def nbytes(self) -> tuple[int, int]:
-        """Allocated bytes of the keys and of the values."""
-        return self.keys.nbytes, self.values.nbytes
+        """Allocated bytes of the keys and of the values, their scales included."""
+        if self.quant is None:
+            return self.keys.nbytes, self.values.nbytes
+        return self.keys.nbytes + self.key_scales.nbytes, self.values.nbytes + self.value_scales.nbytes
 
     def used_bytes(self, tokens: int) -> tuple[int, int]:
-        """Bytes of the keys and of the values of `tokens` middle tokens per row."""
+        """Bytes of the keys and of the values of `tokens` middle tokens per row, their scales included."""
         layout, item = self.layout, self.keys.element_size()
+        scale = 0 if self.quant is None else self.batch * layout.num_value_heads * tokens * 4
         keys = self.batch * tokens * layout.total_width * item
-        return keys, self.batch * layout.num_value_heads * tokens * layout.head_dim * item
+        return keys + scale, self.batch * layout.num_value_heads * tokens * layout.head_dim * item + scale
+
+
+def _bytes(tensor: torch.Tensor) -> torch.Tensor:
+    """An 8-bit tensor as raw bytes (CPU `index_copy_` lacks FP8); other tensors as they are."""
+    return tensor.view(torch.uint8) if tensor.element_size() == 1 else tensor

@@ -136,6 +136,10 @@ class CompactKV:
     of a batched follow-up turn) are never attended.
 
     For a decode step (one query row) `boundaries == (recent_start,)`.
+
+    An 8-bit middle region (`ops.decode_attention.quantization`) stores codes in `mid_keys`/`mid_values` and their
+    fp32 scales in `mid_key_scales`/`mid_value_scales` `[B, num_value_heads, mid_cap]` (heads in storage order); the
+    stored key of middle index `t` is `code * mid_key_scales[b, slot, t]`, its value likewise.
     """
 
     layout: HeadLayout
@@ -152,6 +156,8 @@ class CompactKV:
     query_start: int
     boundaries: tuple[int, ...]
     key_mask: torch.Tensor | None = None  # [B, L] bool over global slots (L >= query_start + n); None: all readable
+    mid_key_scales: torch.Tensor | None = None  # [B, num_value_heads, mid_cap] fp32 (8-bit middle only)
+    mid_value_scales: torch.Tensor | None = None  # [B, num_value_heads, mid_cap] fp32 (8-bit middle only)
 
     def mid_key_group(self, group: WidthGroup) -> torch.Tensor:
         """The `[B, count, num_mid, width]` view of one width group's middle keys (no copy)."""
@@ -173,7 +179,8 @@ class StaticKV:
       `g >= w`, `g >= pad[b]` and `g >= 0`;
     - middle index `t` holds global slot `sink_size + t`; valid iff `t >= pad[b]` and `sink_size + t < w`, and uses
       only the kept channels (heads of width 0 have none);
-    - with `key_mask` `[B, >= q + 1]`, a key at global slot `g` is read only where `key_mask[b, g]` is True.
+    - with `key_mask` `[B, >= q + 1]`, a key at global slot `g` is read only where `key_mask[b, g]` is True;
+    - an 8-bit middle carries its scales as `CompactKV` does.
     """
 
     layout: HeadLayout
@@ -188,6 +195,8 @@ class StaticKV:
     position: torch.Tensor  # [] int64: global slot of the query
     counters: torch.Tensor  # [B * H] int32, zero between launches (Triton kernel's merge counters)
     key_mask: torch.Tensor | None = None  # [B, kv] bool
+    mid_key_scales: torch.Tensor | None = None  # [B, num_value_heads, mid_cap] fp32 (8-bit middle only)
+    mid_value_scales: torch.Tensor | None = None  # [B, num_value_heads, mid_cap] fp32 (8-bit middle only)
 
     def mid_key_group(self, group: WidthGroup) -> torch.Tensor:
         """The `[B, count, mid_cap, width]` view of one width group's middle keys (no copy)."""

@@ -1,8 +1,10 @@
 """PyTorch attention over one layer's LeanK cache: the CPU path and the oracle of the Triton kernel.
 
 The middle keys are read as stored, one `[B, count, T, width]` view per run of equal-width heads, never widened back
-to `head_dim`. Scores, softmax and accumulation are fp32. Python loops run over width groups only (a handful per
-layer), never over heads, tokens or query rows.
+to `head_dim`. An 8-bit middle is read as codes (each width group cast to fp32 for its matmul, as a bf16 group is):
+its per-token scales multiply the scores (keys) and the probabilities (values), so no dequantized copy is built.
+Scores, softmax and accumulation are fp32. Python loops run over width groups only (a handful per layer), never over
+heads, tokens or query rows.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ def leank_decode_torch(query: torch.Tensor, kv: CompactKV, *, scale: float) -> t
         kv.mid_values[:, :, : kv.num_mid],
         mid_valid,
         scale=scale,
+        mid_scales=_scales(kv, kv.num_mid),
     )
 
 
@@ -60,6 +63,7 @@ def leank_static_decode_torch(query: torch.Tensor, kv: StaticKV, *, scale: float
         kv.mid_values,
         mid_valid,
         scale=scale,
+        mid_scales=_scales(kv, kv.mid_cap),
     )
 
 
@@ -74,6 +78,7 @@ def attend_compact(
     mid_valid: torch.Tensor,
     *,
     scale: float,
+    mid_scales: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """One softmax over full-channel keys and compact middle keys, each masked by its validity.
 
@@ -87,6 +92,8 @@ def attend_compact(
         mid_values (`torch.Tensor`): `[B, num_value_heads, T, D]`.
         mid_valid (`torch.Tensor`): bool, broadcastable to `[B, count, Hq // H, n, T]`.
         scale (`float`): factor applied to every score.
+        mid_scales (`tuple[torch.Tensor, torch.Tensor]`, *optional*): an 8-bit middle's key and value scales, each
+            `[B, num_value_heads, T]` (storage order); the middle keys and values are then codes.
     """
     batch, num_query_heads, num_rows, head_dim = query.shape
     num_heads = layout.num_kv_heads
@@ -108,6 +115,8 @@ def attend_compact(
             channels = layout.gather_index[group.offset : group.offset + group.count * group.width]
             q_group = q_flat.index_select(2, channels).view(batch, rows, group.count, group.width).transpose(1, 2)
             group_scores = q_group @ group_keys.float().transpose(-1, -2)
+            if mid_scales is not None:  # q . (s k) = s (q . k)
+                group_scores = group_scores * mid_scales[0][:, group.first : group.first + group.count, None]
             group_scores = group_scores.view(batch, group.count, -1, num_rows, num_mid)
             group_scores = group_scores.masked_fill(~mid_valid, float("-inf"))
             group_max = torch.maximum(row_max.index_select(1, heads), group_scores.amax(-1, keepdim=True))
@@ -123,11 +132,21 @@ def attend_compact(
     for group, heads, group_scores in middle:
         group_probs = torch.exp(group_scores - row_max.index_select(1, heads))
         denominator = denominator.index_add(1, heads, group_probs.sum(-1))
+        group_probs = group_probs.view(batch, group.count, rows, num_mid)
+        if mid_scales is not None:  # sum_t p_t (s_t v_t) = (p * s) @ v
+            group_probs = group_probs * mid_scales[1][:, group.first : group.first + group.count, None]
         values = mid_values[:, group.first : group.first + group.count].float()
-        output = output.index_add(1, heads, group_probs.view(batch, group.count, rows, num_mid) @ values)
+        output = output.index_add(1, heads, group_probs @ values)
 
     output = output / denominator.clamp(min=torch.finfo(torch.float32).tiny).view(batch, num_heads, rows, 1)
     return output.view(batch, num_query_heads, num_rows, head_dim).to(query.dtype)
+
+
+def _scales(kv: CompactKV | StaticKV, tokens: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """An 8-bit middle's key and value scales of its first `tokens` indices, or `None`."""
+    if kv.mid_key_scales is None:
+        return None
+    return kv.mid_key_scales[:, :, :tokens], kv.mid_value_scales[:, :, :tokens]
 
 
 def _static_validity(kv: StaticKV) -> tuple[torch.Tensor, torch.Tensor]:

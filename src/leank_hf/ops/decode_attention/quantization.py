@@ -1,0 +1,92 @@
+"""8-bit storage of the middle region: symmetric codes with one fp32 scale per (token, KV head).
+
+Keys are scaled over the head's kept channels, values over `head_dim`. For a vector `x` (fp32):
+`scale = amax(|x|) / qmax` and `code = x / scale` (1 when `scale == 0`), rounded half to even and clamped to
+`[-qmax, qmax]` for int8, clamped and cast (round to nearest even) for FP8 e4m3. The stored vector is `code * scale`.
+
+A scale per token factors out of both products attention takes: `q . (s k) = s (q . k)` and `sum_t p_t s_t v_t =
+(p * s) @ v`. Readers therefore multiply a tile's scores by the key scales and its probabilities by the value scales,
+and never build a dequantized copy of the keys or values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ...errors import LeanKUsageError
+
+
+@dataclass(frozen=True)
+class MiddleQuant:
+    """An 8-bit format of the middle region.
+
+    Args:
+        name (`str`): `"int8"` or `"fp8"` (FP8 e4m3, `torch.float8_e4m3fn`).
+        dtype (`torch.dtype`): the storage dtype of the codes.
+        qmax (`float`): largest code magnitude (127, or 448 for e4m3).
+    """
+
+    name: str
+    dtype: torch.dtype
+    qmax: float
+
+
+FORMATS = {
+    "int8": MiddleQuant("int8", torch.int8, 127.0),
+    "fp8": MiddleQuant("fp8", torch.float8_e4m3fn, 448.0),
+}
+CHOICES = ("auto", *FORMATS)
+
+
+def has_fp8(device: torch.device) -> bool:
+    """Whether `device` runs FP8 e4m3 natively (CUDA compute capability 8.9 or newer)."""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
+
+
+def resolve_quant(name: str | None, device: torch.device) -> MiddleQuant | None:
+    """The format `name` (`None`: no quantization) on `device`; `"auto"` is FP8 where the GPU has it, else int8."""
+    if name is None:
+        return None
+    if name == "auto":
+        name = "fp8" if has_fp8(device) else "int8"
+    if name not in FORMATS:
+        raise LeanKUsageError(f"`middle_quant` must be None or one of {list(CHOICES)}, got {name!r}")
+    return FORMATS[name]
+
+
+def check_quant_name(name: str | None) -> None:
+    """Refuse an unknown `middle_quant` early (before a device is known)."""
+    if name is not None and name not in CHOICES:
+        raise LeanKUsageError(f"`middle_quant` must be None or one of {list(CHOICES)}, got {name!r}")
+
+
+def encode(x: torch.Tensor, scale: torch.Tensor, quant: MiddleQuant) -> torch.Tensor:
+    """Codes of fp32 `x` for the fp32 `scale` broadcast against it (the module docstring's rule)."""
+    codes = x / torch.where(scale > 0, scale, torch.ones_like(scale))
+    if quant.dtype == torch.int8:
+        codes = codes.round()
+    return codes.clamp(-quant.qmax, quant.qmax).to(quant.dtype)
+
+
+def quantize_rows(x: torch.Tensor, quant: MiddleQuant) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(codes [..., D], scales [...])` of `x [..., D]`, one scale per vector of the last dimension."""
+    x = x.float()
+    scale = x.abs().amax(-1) / quant.qmax
+    return encode(x, scale[..., None], quant), scale
+
+
+def quantize_segments(
+    x: torch.Tensor, segment: torch.Tensor, num_segments: int, quant: MiddleQuant
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(codes [..., C], scales [..., num_segments])` of `x [..., C]`, one scale per segment of the last dimension.
+
+    `segment [C]` (int64, on `x`'s device) names the segment of each element (the KV head of each kept channel).
+    """
+    x = x.float()
+    magnitude = x.abs()
+    index = segment.expand_as(magnitude)
+    amax = magnitude.new_zeros(*x.shape[:-1], num_segments).scatter_reduce_(-1, index, magnitude, "amax")
+    scale = amax / quant.qmax
+    return encode(x, scale.gather(-1, index), quant), scale

@@ -1,0 +1,127 @@
+"""The 8-bit middle region (`middle_quant`): stored codes and scales, bytes, and generate() against the reference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from leank_hf import LeanKCache, LeanKUsageError, apply_leank, revert_leank
+from leank_hf.middle_region import MiddleRegion
+from leank_hf.ops.decode_attention.layout import HeadLayout
+from leank_hf.ops.decode_attention.quantization import FORMATS, resolve_quant
+from reference import ReferenceCache, fake_quantize, quantize, random_layer_mask, reference_model
+from tiny_models import LLAMA_WIDTHS, random_masks, tiny_model
+
+QUANTS = ["int8", "fp8"]
+
+
+def _region(widths, head_dim, quant, batch=2, capacity=10, dtype=torch.float32):
+    mask = random_layer_mask(widths, head_dim, torch.Generator().manual_seed(0))
+    layout = HeadLayout.from_mask(mask)
+    return mask, MiddleRegion(layout, layout, batch=batch, capacity=capacity, dtype=dtype, quant=FORMATS[quant])
+
+
+def _stored(region: MiddleRegion, mask: torch.Tensor, tokens: int) -> tuple[list, list]:
+    """Per head in storage order: `(codes, scales)` of the keys `[B, tokens, width]` and values `[B, tokens, D]`."""
+    layout = region.layout
+    keys, values = [], []
+    for slot, head in enumerate(layout.storage_order[: layout.num_value_heads].tolist()):
+        width = int(mask[head].sum())
+        start = region.capacity * int(layout.offsets[head])
+        block = region.keys[:, start : start + region.capacity * width].view(region.batch, region.capacity, width)
+        keys.append((block[:, :tokens], region.key_scales[:, slot, :tokens]))
+        values.append((region.values[:, slot, :tokens], region.value_scales[:, slot, :tokens]))
+    return keys, values
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("quant", QUANTS)
+def test_write_stores_the_reference_codes_and_scales(quant: str, dtype: torch.dtype) -> None:
+    mask, region = _region([16, 0, 40, 8], 40, quant, dtype=dtype)
+    generator = torch.Generator().manual_seed(1)
+    keys = (torch.randn(2, 4, 7, 40, generator=generator) * torch.linspace(0.01, 30, 40)).to(dtype)
+    values = torch.randn(2, 4, 7, 40, generator=generator).to(dtype)
+    keys[1, 2, 3] = 0  # an all-zero vector: scale 0, codes 0
+    region.write(keys, values, torch.tensor([6, 0, 1, 2, 3, 4, 5]))
+    order = [6, 0, 1, 2, 3, 4, 5]
+    keys, values = keys[:, :, torch.tensor(order).argsort()], values[:, :, torch.tensor(order).argsort()]
+    stored_keys, stored_values = _stored(region, mask, 7)
+    heads = region.layout.storage_order[: region.layout.num_value_heads].tolist()
+    for (codes, scales), (value_codes, value_scales), head in zip(stored_keys, stored_values, heads):
+        want_codes, want_scales = quantize(keys[:, head][..., mask[head]], quant)
+        assert codes.dtype == FORMATS[quant].dtype
+        torch.testing.assert_close(codes.float(), want_codes.float(), rtol=0, atol=0)
+        torch.testing.assert_close(scales, want_scales[..., 0], rtol=0, atol=0)
+        want_codes, want_scales = quantize(values[:, head], quant)
+        torch.testing.assert_close(value_codes.float(), want_codes.float(), rtol=0, atol=0)
+        torch.testing.assert_close(value_scales, want_scales[..., 0], rtol=0, atol=0)
+    # Storage error within half a step of the format (fp32 rounding aside): int8 1/254 of the largest magnitude;
+    # fp8 2^-4 relative, or half its smallest subnormal step (2^-10 of the scale).
+    error = (fake_quantize(values, quant) - values.double()).abs()
+    amax = values.double().abs().amax(-1, keepdim=True)
+    bound = amax / 254 if quant == "int8" else torch.maximum(values.double().abs() / 16, amax / 448 / 1024)
+    assert (error <= bound * (1 + 1e-5)).all()
+
+
+@pytest.mark.parametrize("quant", QUANTS)
+def test_resize_batch_changes_and_bytes_keep_the_scales(quant: str) -> None:
+    mask, region = _region([16, 0, 24], 32, quant, batch=3, capacity=4)
+    generator = torch.Generator().manual_seed(2)
+    keys, values = torch.randn(3, 3, 4, 32, generator=generator), torch.randn(3, 3, 4, 32, generator=generator)
+    region.write(keys, values, torch.arange(4))
+    before = _stored(region, mask, 4)
+    grown = region.resized(9, keep=4)
+    after = _stored(grown, mask, 4)
+    for (codes, scales), (grown_codes, grown_scales) in zip(before[0] + before[1], after[0] + after[1]):
+        assert torch.equal(codes.float(), grown_codes.float()) and torch.equal(scales, grown_scales)
+    grown.map_batch(lambda tensor: tensor[[2, 0]])
+    assert torch.equal(grown.key_scales[:, :, :4], region.key_scales[[2, 0]])
+    assert torch.equal(grown.values[:, :, :4].float(), region.values[[2, 0]].float())
+    # Bytes: one byte per kept key channel and value channel, 4 per scale (2 scales per token and kept head).
+    assert grown.used_bytes(5) == (2 * 5 * 40 + 2 * 2 * 5 * 4, 2 * 2 * 5 * 32 + 2 * 2 * 5 * 4)
+    assert grown.nbytes == (2 * 9 * 40 + 2 * 2 * 9 * 4, 2 * 2 * 9 * 32 + 2 * 2 * 9 * 4)
+
+
+def test_format_names() -> None:
+    assert resolve_quant("auto", torch.device("cpu")) is FORMATS["int8"]
+    assert resolve_quant(None, torch.device("cpu")) is None
+    with pytest.raises(LeanKUsageError, match="middle_quant"):
+        LeanKCache(random_masks(tiny_model("llama").config), tiny_model("llama").config, middle_quant="int4")
+
+
+def _generate(model, masks, inputs, quant: str | None, reference: bool):
+    kwargs = {"max_new_tokens": 12, "do_sample": False, "output_logits": True, "return_dict_in_generate": True}
+    if reference:
+        windows = (masks.sink_size, masks.recent_size, masks.flush_size)
+        with reference_model(model, masks.mask, *windows, quant=quant):
+            return model.generate(**inputs, past_key_values=ReferenceCache(model.config), **kwargs)
+    apply_leank(model)
+    try:
+        cache = LeanKCache(masks, model.config, middle_quant=quant)
+        return model.generate(**inputs, past_key_values=cache, **kwargs), cache
+    finally:
+        revert_leank(model)
+
+
+@pytest.mark.parametrize("quant", QUANTS)
+@pytest.mark.parametrize("family", ["llama", "llama128"])
+def test_generate_matches_the_quantizing_reference(family: str, quant: str) -> None:
+    """Left-padded batch: tokens equal and logits within 1e-5 (fp32) of the dense reference that quantizes the same
+    way; the unquantized LeanK logits differ from both by more than that (the test sees the quantization)."""
+    model = tiny_model(family)
+    if model.config.head_dim == 128:
+        masks = random_masks(model.config, align=32, widths=LLAMA_WIDTHS)
+    else:
+        masks = random_masks(model.config)
+    input_ids = torch.randint(1, 97, (2, 40), generator=torch.Generator().manual_seed(4))
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, :9] = 0
+    inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+    expected = _generate(model, masks, inputs, quant, reference=True)
+    actual, cache = _generate(model, masks, inputs, quant, reference=False)
+    assert all(layer.middle.quant is FORMATS[quant] for layer in cache.layers)
+    torch.testing.assert_close(actual.sequences, expected.sequences, rtol=0, atol=0)
+    for got, want in zip(actual.logits, expected.logits):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+    unquantized, _ = _generate(model, masks, inputs, None, reference=False)
+    assert max((a - b).abs().max() for a, b in zip(unquantized.logits, actual.logits)) > 1e-4
