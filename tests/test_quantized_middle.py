@@ -125,3 +125,35 @@ def test_generate_matches_the_quantizing_reference(family: str, quant: str) -> N
         torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
     unquantized, _ = _generate(model, masks, inputs, None, reference=False)
     assert max((a - b).abs().max() for a, b in zip(unquantized.logits, actual.logits)) > 1e-4
+
+
+@pytest.mark.parametrize("quant", QUANTS)
+def test_memory_footprint_counts_codes_and_scales(quant: str) -> None:
+    from leank_hf.tools.benchmarks.memory import measure
+
+    model = tiny_model("llama")
+    masks = random_masks(model.config)
+    result = measure(masks, model.config, 50, device="cpu", dtype=torch.float32, middle_quant=quant)
+    bf16 = measure(masks, model.config, 50, device="cpu", dtype=torch.float32)["footprint"].regions
+    regions = result["footprint"].regions
+    kept = masks.mask.sum(-1)  # [L, H]
+    channels, value_heads = int(kept.sum()), int((kept > 0).sum())
+    num_mid = masks.flush_size * ((51 - masks.sink_size - masks.recent_size) // masks.flush_size)
+    assert regions["keys/middle"].used == num_mid * (channels + 4 * value_heads)
+    assert regions["values/middle"].used == num_mid * value_heads * (model.config.head_dim + 4)
+    assert regions["keys/middle"].dense == bf16["keys/middle"].dense and regions["keys/full"] == bf16["keys/full"]
+
+
+def test_llama_mask_middle_in_8_bits_is_under_30_percent_of_dense_bf16() -> None:
+    """Issue #14's memory target, from real caches of Llama-3.1-8B's shape on the meta device."""
+    from leank_hf import LeanKMasks
+    from leank_hf.tools.benchmarks.memory import MODELS, measure
+
+    masks = LeanKMasks.from_pretrained(MODELS["Llama-3.1-8B"][0])
+    regions = measure(masks, MODELS["Llama-3.1-8B"][1](), 4096, middle_quant="fp8")["footprint"].regions
+    keys, values = regions["keys/middle"], regions["values/middle"]
+    # 10,240 kept channels + 209 value heads x 128 bytes + 2 x 209 fp32 scales per token, over 32 x 8 x 128 x 2 x 2.
+    assert (keys.used + values.used) / (keys.dense + values.dense) == pytest.approx(
+        (10240 + 209 * 128 + 2 * 209 * 4) / (32 * 8 * 128 * 4)
+    )
+    assert (keys.used + values.used) / (keys.dense + values.dense) < 0.30

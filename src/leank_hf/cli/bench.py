@@ -51,8 +51,19 @@ def add_memory(benchmarks: argparse._SubParsersAction) -> None:
         default="meta",
         help="meta: real shapes, no data, no memory (default); cpu/cuda: random values",
     )
+    parser.add_argument(
+        "--middle-quant",
+        nargs="+",
+        choices=["none", "int8", "fp8"],
+        default=["none"],
+        help="LeanKCache middle-region storage, one row each: none (bf16, default), int8, fp8 (8 bits + scales)",
+    )
     add_output_options(parser)
-    parser.set_defaults(run=lambda args: run_memory_benchmark(args.models, args.tokens, args.device))
+    parser.set_defaults(
+        run=lambda args: run_memory_benchmark(
+            args.models, args.tokens, args.device, [None if quant == "none" else quant for quant in args.middle_quant]
+        )
+    )
 
 
 def add_decode(benchmarks: argparse._SubParsersAction) -> None:
