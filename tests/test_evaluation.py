@@ -89,3 +89,28 @@ def test_evaluation_replies_match_the_deployed_leank_cache():
     )
     matches, checked = verify_deployed(model, tokenizer, masks, report, "leank", limit=3)
     assert checked == 3 and matches == 3
+
+
+def test_quantized_methods_decode_through_the_deployed_cache():
+    """With `middle_quant=None` the deployed path (one dense context, a copy per question) replies exactly as the
+    evaluation's own attention; an 8-bit method is scored, with its retention against the unquantized mask."""
+    model, tokenizer = peaked_byte_model(), byte_tokenizer()
+    masks = random_masks(model.config, align=8, sink_size=4, recent_size=8, flush_size=3)
+    quantized = {"deployed": (masks, None), "leank+int8": (masks, "int8")}
+    report = evaluate_retrieval(
+        model,
+        tokenizer,
+        {"leank": masks},
+        lengths=(300,),
+        samples=1,
+        judge_all=True,
+        progress=False,
+        quantized=quantized,
+    )
+    questions = report["questions"]
+    assert all(q["replies"]["deployed"] == q["replies"]["leank"] for q in questions)
+    assert all("leank+int8" in q["replies"] for q in questions)
+    assert report["methods"]["leank+int8"]["middle_quant"] == "int8"
+    if report["methods"]["deployed"]["answers_leank_correct"]:
+        assert report["methods"]["deployed"]["retention_vs_leank"] == 1.0
+    assert "leank+int8 (where full ok)" in format_table(report)

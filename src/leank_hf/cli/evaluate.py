@@ -54,6 +54,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="N",
         help="re-decode N questions with the real LeanKCache and compare the replies",
     )
+    parser.add_argument(
+        "--middle-quant",
+        type=arg.names(("int8", "fp8"), allow_none=True),
+        default="none",
+        help="also decode the LeanK mask through a real LeanKCache with its middle region in 8 bits, one method "
+        "per comma-separated format: int8, fp8 (%(default)s)",
+    )
     parser.add_argument("--output", type=arg.output_file, help="write the JSON report here")
     parser.add_argument(
         "--plot", type=arg.plot_file, metavar="PNG", help="save a plot of accuracy per length (needs matplotlib)"
@@ -95,6 +102,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         samples=args.samples,
         seed=args.seed,
         judge_all=args.judge_all,
+        quantized={f"leank+{quant}": (leank, quant) for quant in args.middle_quant},
     )
     if args.verify_deployed:
         matches, checked = verify_deployed(model, tokenizer, leank, report, "leank", limit=args.verify_deployed)

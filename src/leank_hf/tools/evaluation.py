@@ -5,7 +5,10 @@ sample's shared context is prefilled once with exact attention; per question, th
 (exact), the first answer token comes from the prompt's last row (exact, as deployed), and every method then decodes
 greedily against the same cache, its generated rows reading middle-region keys through its binary mask. That is the
 deployed LeanK semantics (DESIGN.md), computed by the trainer's attention in binary mode; `verify_deployed` re-runs
-questions through the real `LeanKCache` + `apply_leank` and compares the replies.
+questions through the real `LeanKCache` + `apply_leank` and compares the replies. Methods with an 8-bit middle region
+(`quantized`) decode through the real `LeanKCache(middle_quant=...)`: the context is prefilled once per sample into
+a cache that keeps its prompt dense (`chunked_prefill=True`), and each question continues a copy of it (exact), so
+its decode compacts, quantizes and reads the middle exactly as deployed.
 
 A reply is correct when it contains every fact of the question (the hidden number(s)). Methods are judged on the
 questions the full model answers correctly; the full model's own accuracy is reported per length.
@@ -13,6 +16,7 @@ questions the full model answers correctly; the full model's own accuracy is rep
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable
@@ -183,6 +187,7 @@ def evaluate_retrieval(
     seed: int = 0,
     judge_all: bool = False,
     progress: bool = True,
+    quantized: dict[str, tuple[LeanKMasks, str]] | None = None,
 ) -> dict[str, Any]:
     """Run the retrieval evaluation; returns a JSON-ready report (settings, per-length table, every reply).
 
@@ -196,7 +201,10 @@ def evaluate_retrieval(
         seed (`int`): evaluation seed (held out from training by construction, see `eval_seed`).
         judge_all (`bool`): also decode the masks where the full model fails (slower; more raw accuracy data).
         progress (`bool`): show a progress bar.
+        quantized (`dict[str, tuple[LeanKMasks, str]]`, *optional*): methods decoded through the real `LeanKCache`
+            with an 8-bit middle, e.g. `{"leank+int8": (m, "int8")}` (name -> masks and `middle_quant`).
     """
+    quantized = quantized or {}
     for masks_item in masks.values():
         masks_item.check_compatible(model.config)
     results: list[QuestionResult] = []
@@ -234,10 +242,59 @@ def evaluate_retrieval(
                     result.correct[name] = all(fact in reply for fact in question.facts)
                 truncate_cache(cache, len(group.prefix_ids))
                 results.append(result)
+            asked = results[-len(group.questions) :]
+            for name, (quant_masks, quant) in quantized.items():
+                judged = [judge_all or result.correct["full"] for result in asked]
+                replies = deployed_replies(model, tokenizer, group, quant_masks, quant, judged)
+                for result, question, reply in zip(asked, group.questions, replies):
+                    if reply is not None:
+                        result.replies[name] = reply
+                        result.correct[name] = all(fact in reply for fact in question.facts)
             bar.set_postfix(done=len(results))
-    return build_report(
-        results, masks, tasks=tasks, lengths=lengths, samples=samples, seed=seed, seconds=time.perf_counter() - started
+    methods = {**masks, **{name: quant_masks for name, (quant_masks, _) in quantized.items()}}
+    report = build_report(
+        results,
+        methods,
+        tasks=tasks,
+        lengths=lengths,
+        samples=samples,
+        seed=seed,
+        seconds=time.perf_counter() - started,
     )
+    for name, (quant_masks, quant) in quantized.items():
+        entry = report["methods"][name]
+        entry["middle_quant"] = quant
+        # Retention against the same masks decoded unquantized: of the questions those answer, the share kept.
+        for base in (base for base, base_masks in masks.items() if base_masks is quant_masks):
+            kept = [r for r in results if r.correct.get(base)]
+            entry[f"retention_vs_{base}"] = _ratio(sum(r.correct.get(name, False) for r in kept), len(kept))
+            entry[f"answers_{base}_correct"] = len(kept)
+    return report
+
+
+def deployed_replies(model, tokenizer, group, masks: LeanKMasks, quant: str | None, judged: list[bool]) -> list:
+    """Greedy replies to the questions of `group` (where `judged`) through a real `LeanKCache(middle_quant=quant)`;
+    `None` where not judged. The shared context is prefilled once (kept dense), each question continues a copy."""
+    from ..attention import apply_leank, revert_leank
+    from ..cache import LeanKCache
+
+    if not any(judged):
+        return [None] * len(judged)
+    apply_leank(model, backend="torch")
+    try:
+        context = LeanKCache(masks, model.config, chunked_prefill=True, middle_quant=quant)
+        with torch.no_grad():
+            model(input_ids=group.prefix_ids.to(model.device)[None], past_key_values=context, use_cache=True)
+        return [
+            _deployed_reply(
+                model, tokenizer, question.suffix_ids.to(model.device)[None], copy.deepcopy(context), question
+            )
+            if wanted
+            else None
+            for question, wanted in zip(group.questions, judged)
+        ]
+    finally:
+        revert_leank(model)
 
 
 def build_report(results: list[QuestionResult], masks: dict[str, LeanKMasks], **settings) -> dict[str, Any]:
@@ -337,6 +394,7 @@ def verify_deployed(model, tokenizer, masks: LeanKMasks, report: dict[str, Any],
 
 
 def _deployed_reply(model, tokenizer, ids, cache, question) -> str:
+    """Greedy reply after feeding `ids` `[1, n]` (a prompt, or its continuation) to `cache`."""
     tokens = greedy_decode(
         model,
         cache,
