@@ -157,3 +157,41 @@ def test_llama_mask_middle_in_8_bits_is_under_30_percent_of_dense_bf16() -> None
         (10240 + 209 * 128 + 2 * 209 * 4) / (32 * 8 * 128 * 4)
     )
     assert (keys.used + values.used) / (keys.dense + values.dense) < 0.30
+
+
+@pytest.mark.parametrize("quant", QUANTS)
+def test_static_cache_matches_the_quantizing_reference_and_the_dynamic_cache(quant: str) -> None:
+    """Greedy over a left-padded batch, then a second turn (the eager multi-token path) on the same caches."""
+    from leank_hf import LeanKStaticCache
+
+    model = tiny_model("llama128")
+    masks = random_masks(model.config, align=32, widths=LLAMA_WIDTHS)
+    input_ids = torch.randint(1, 97, (2, 40), generator=torch.Generator().manual_seed(6))
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[0, :5] = 0
+    kwargs = {"max_new_tokens": 10, "do_sample": False, "output_logits": True, "return_dict_in_generate": True}
+    windows = (masks.sink_size, masks.recent_size, masks.flush_size)
+    with reference_model(model, masks.mask, *windows, quant=quant):
+        expected = model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+    apply_leank(model, backend="torch")
+    try:
+        outputs = {}
+        for name, cache in (
+            ("static", LeanKStaticCache(masks, model.config, max_cache_len=80, middle_quant=quant)),
+            ("dynamic", LeanKCache(masks, model.config, middle_quant=quant)),
+        ):
+            outputs[name] = model.generate(
+                input_ids=input_ids, attention_mask=attention_mask, past_key_values=cache, **kwargs
+            )
+            # The cache holds 49 slots; the last generated token and 4 more come as one forward.
+            follow = torch.cat([outputs[name].sequences, torch.full((2, 4), 7)], 1)
+            mask = torch.cat([attention_mask, torch.ones(2, follow.shape[1] - 40, dtype=torch.long)], 1)
+            outputs[name + "-turn"] = model(follow[:, 49:], attention_mask=mask, past_key_values=cache).logits
+    finally:
+        revert_leank(model)
+    assert outputs["static"].past_key_values.layers[0].middle.keys.dtype == FORMATS[quant].dtype
+    for name in ("static", "dynamic"):
+        torch.testing.assert_close(outputs[name].sequences, expected.sequences, rtol=0, atol=0)
+        for got, want in zip(outputs[name].logits, expected.logits):
+            torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+    torch.testing.assert_close(outputs["static-turn"], outputs["dynamic-turn"], rtol=0, atol=1e-5)

@@ -24,6 +24,7 @@ from .footprint import MemoryFootprint, compact_layer_footprint
 from .masks import LeanKMasks
 from .middle_region import MiddleRegion
 from .ops.decode_attention.layout import CompactKV, HeadLayout, StaticKV
+from .ops.decode_attention.quantization import resolve_quant
 from .tensor_parallel import KVHeadShard
 
 logger = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ class LeanKStaticLayer(CacheLayerMixin):
         layer_mask (`torch.Tensor`): boolean `[num_kv_heads, head_dim]` keep mask of this layer.
         windows (`Windows`): sink, recent and flush sizes.
         max_cache_len (`int`): most tokens (prompt, pads and generated) the layer holds.
+        middle_quant (`str`, *optional*): 8-bit middle region, as `LeanKLayer`'s.
     """
 
     is_compileable = True
@@ -49,8 +51,11 @@ class LeanKStaticLayer(CacheLayerMixin):
     # The ring keeps `2 * flush_size` slots more than a query reads, so the last `flush_size` tokens can be removed.
     is_croppable = True
 
-    def __init__(self, layer_mask: torch.Tensor, *, windows: Windows, max_cache_len: int):
+    def __init__(
+        self, layer_mask: torch.Tensor, *, windows: Windows, max_cache_len: int, middle_quant: str | None = None
+    ):
         super().__init__()
+        self.middle_quant = middle_quant
         self.host_layout = HeadLayout.from_mask(layer_mask)
         self.windows = windows
         self.max_cache_len = max_cache_len
@@ -76,7 +81,14 @@ class LeanKStaticLayer(CacheLayerMixin):
         # Zeros: slots not written yet are read with zero weight, never as NaN garbage.
         self.full_keys = torch.zeros(full_shape, dtype=self.dtype, device=self.device)
         self.full_values = torch.zeros(full_shape, dtype=self.dtype, device=self.device)
-        self.middle = MiddleRegion(self.host_layout, layout, batch=batch, capacity=self.mid_cap, dtype=self.dtype)
+        self.middle = MiddleRegion(
+            self.host_layout,
+            layout,
+            batch=batch,
+            capacity=self.mid_cap,
+            dtype=self.dtype,
+            quant=resolve_quant(self.middle_quant, self.device),
+        )
         self.pad = torch.zeros(batch, dtype=torch.int64, device=self.device)
         self.counters = torch.zeros(batch * num_heads, dtype=torch.int32, device=self.device)
         self.cumulative_length = self.cumulative_length.to(self.device)
@@ -193,6 +205,8 @@ class LeanKStaticLayer(CacheLayerMixin):
             pad=self.pad,
             position=position,
             counters=self.counters,
+            mid_key_scales=self.middle.key_scales,
+            mid_value_scales=self.middle.value_scales,
         )
 
     def _chunk(self, keys: torch.Tensor, values: torch.Tensor) -> CompactKV:
@@ -239,6 +253,8 @@ class LeanKStaticLayer(CacheLayerMixin):
             pad=self.pad,
             query_start=start,
             boundaries=tuple(windows.boundary(position) for position in range(start, start + count)),
+            mid_key_scales=self.middle.key_scales,
+            mid_value_scales=self.middle.value_scales,
         )
 
     # -------------------------------------------------------- Cache protocol
@@ -330,6 +346,8 @@ class LeanKStaticCache(LeanKCache):
         max_cache_len (`int`): most slots per row (left pads, prompt and new tokens).
         sink_size, recent_size, flush_size (`int`, *optional*): override the masks' windows.
         kv_heads (`KVHeadShard`, *optional*): this rank's KV heads under tensor parallelism (set by `for_model`).
+        middle_quant (`str`, *optional*): `"fp8"`, `"int8"` or `"auto"`: the middle region in 8 bits, as
+            `LeanKCache`'s (the memory allocated up front shrinks with it).
 
     Example:
 
@@ -339,7 +357,7 @@ class LeanKStaticCache(LeanKCache):
     ```
     """
 
-    _CACHE_ARGUMENTS = ("sink_size", "recent_size", "flush_size", "max_cache_len")
+    _CACHE_ARGUMENTS = ("sink_size", "recent_size", "flush_size", "max_cache_len", "middle_quant")
 
     def __init__(
         self,
@@ -351,12 +369,19 @@ class LeanKStaticCache(LeanKCache):
         recent_size: int | None = None,
         flush_size: int | None = None,
         kv_heads: KVHeadShard | None = None,
+        middle_quant: str | None = None,
     ):
         if not isinstance(max_cache_len, int) or isinstance(max_cache_len, bool) or max_cache_len < 1:
             raise LeanKUsageError(f"`max_cache_len` must be an int >= 1, got {max_cache_len!r}")
         self._max_cache_len = max_cache_len
         super().__init__(
-            masks, config, sink_size=sink_size, recent_size=recent_size, flush_size=flush_size, kv_heads=kv_heads
+            masks,
+            config,
+            sink_size=sink_size,
+            recent_size=recent_size,
+            flush_size=flush_size,
+            kv_heads=kv_heads,
+            middle_quant=middle_quant,
         )
 
     @property
@@ -365,7 +390,9 @@ class LeanKStaticCache(LeanKCache):
         return self._max_cache_len
 
     def _full_attention_layer(self, layer_mask: torch.Tensor) -> CacheLayerMixin:
-        return LeanKStaticLayer(layer_mask, windows=self.windows, max_cache_len=self._max_cache_len)
+        return LeanKStaticLayer(
+            layer_mask, windows=self.windows, max_cache_len=self._max_cache_len, middle_quant=self.middle_quant
+        )
 
     def _sliding_layer(self, sliding_window: int) -> CacheLayerMixin:
         return StaticSlidingWindowLayer(max_cache_len=self._max_cache_len, sliding_window=sliding_window)
