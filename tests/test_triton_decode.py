@@ -53,6 +53,7 @@ class Case:
     boundary: int
     kv: CompactKV
     key_mask: torch.Tensor | None = None  # [B, >= length] bool: keys attended only where True
+    quant: str | None = None  # 8-bit middle format
 
 
 def make_case(
@@ -71,6 +72,7 @@ def make_case(
     filler: float = float("nan"),
     holes: dict[int, list[int]] | None = None,
     extra: int = 3,
+    quant: str | None = None,
 ) -> Case:
     """A decode step at slot `length - 1`. Stored elements the kernel must not read are `filler` (NaN by default);
     `holes[row]` lists global slots masked by a key mask of `length + extra` slots (stored as `filler` too)."""
@@ -94,16 +96,16 @@ def make_case(
     boundary = window_start(length - 1, sink_size, recent_size, flush_size)
     kv = pack_compact(
         keys, values, mask, pad, sink=sink_size, boundaries=(boundary,), key_mask=key_mask,
-        mid_past_boundary=mid_past_boundary, filler=filler, device=DEVICE,
+        mid_past_boundary=mid_past_boundary, filler=filler, device=DEVICE, quant=quant,
     )  # fmt: skip
-    return Case(query.to(DEVICE), keys.float(), values.float(), mask, pad, sink_size, boundary, kv, key_mask)
+    return Case(query.to(DEVICE), keys.float(), values.float(), mask, pad, sink_size, boundary, kv, key_mask, quant)
 
 
 def dense_reference(case: Case, scale: float) -> torch.Tensor:
     """The LeanK semantics (tests/reference.py) on the dense full-width keys, in float64: `[B, Hq, 1, D]`."""
     return dense_attention(
         case.query.cpu(), case.keys, case.values, case.mask, pad=case.pad, sink=case.sink_size,
-        boundaries=(case.boundary,), scale=scale, key_mask=case.key_mask,
+        boundaries=(case.boundary,), scale=scale, key_mask=case.key_mask, quant=case.quant,
     )  # fmt: skip
 
 
@@ -217,6 +219,32 @@ def test_matches_torch_path(dtype, atol, rtol):
     expected = leank_decode_torch(case.query, case.kv, scale=0.125)
     assert_close(out, expected.double().cpu(), atol, rtol)
     assert_close(out, dense_reference(case, 0.125), atol, rtol)
+
+
+QUANT_CASES = [
+    pytest.param([32, 0, 64, 16], 64, 4, 203, [0], {}, id="uneven-g4"),
+    pytest.param([64, 48, 0, 16], 64, 1, 157, [0, 37], {1: [20, 21, 90, 150]}, id="g1-pad-holes"),
+]
+
+
+@pytest.mark.parametrize("dtype, atol, rtol", DTYPES)
+@pytest.mark.parametrize("quant", ["int8", "fp8"])
+@pytest.mark.parametrize("widths, head_dim, group, length, pads, holes", QUANT_CASES)
+def test_kernel_reads_an_8bit_middle(widths, head_dim, group, length, pads, holes, quant, dtype, atol, rtol):
+    """Codes and scales in the middle (NaN scales and NaN or extreme codes wherever nothing may be read): the dense
+    reference applies the same quantize-dequantize; the PyTorch path (finite fillers) agrees."""
+    case = make_case(
+        widths=widths, head_dim=head_dim, group=group, length=length, pads=pads, dtype=dtype, seed=length,
+        holes=holes or None, quant=quant, mid_past_boundary=5,
+    )  # fmt: skip
+    assert case.kv.mid_keys.dtype == (torch.int8 if quant == "int8" else torch.float8_e4m3fn)
+    out = triton_decode.leank_decode_fwd(case.query, case.kv, 0.125, num_splits=3, block_n=16)
+    assert_close(out, dense_reference(case, 0.125), atol, rtol)
+    finite = make_case(
+        widths=widths, head_dim=head_dim, group=group, length=length, pads=pads, dtype=dtype, seed=length,
+        holes=holes or None, quant=quant, mid_past_boundary=5, filler=7.0,
+    )  # fmt: skip
+    assert_close(out, leank_decode_torch(finite.query, finite.kv, scale=0.125).double().cpu(), atol, rtol)
 
 
 def test_choose_splits_fills_the_gpu():

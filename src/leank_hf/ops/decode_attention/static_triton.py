@@ -5,7 +5,8 @@ batch row, KV head)`; the first `FULL_PARTS` parts read slices of the sinks and 
 region, ~3x the bytes of a middle chunk, is no straggler), the others chunks of the compact middle; the last program
 of each `(row, head)` merges the parts. What differs: the grid is fixed by the cache's capacity (`num_splits` chunks
 of `split_len` tokens cover `mid_cap`), and the query slot is read from device memory, so the window boundary and the
-live middle length are computed in the kernel; chunks past the live length store an empty part and return.
+live middle length are computed in the kernel; chunks past the live length store an empty part and return. An 8-bit
+middle is read as in `triton.py` (codes converted in registers, scales on scores and probabilities).
 """
 
 from __future__ import annotations
@@ -23,22 +24,24 @@ from .triton import (
     _choose_splits,
     _sm_count,
     _store_part_and_merge,
+    check_middle_dtypes,
 )
 
 
 @triton.jit
 def _leank_static_decode_kernel(
-    Q, FULL_K, FULL_V, MID_K, MID_V, PAD, POSITION, KEY_MASK, WIDTHS, CHANNELS, OFFSETS, VALUE_SLOTS, STORAGE_ORDER,
-    O_PART, LSE_PART, COUNTERS, OUT,
+    Q, FULL_K, FULL_V, MID_K, MID_V, MID_KS, MID_VS, PAD, POSITION, KEY_MASK, WIDTHS, CHANNELS, OFFSETS, VALUE_SLOTS,
+    STORAGE_ORDER, O_PART, LSE_PART, COUNTERS, OUT,
     stride_qb, stride_qh,
     stride_fb, stride_fh, stride_ft,
     stride_mkb,
     stride_mvb, stride_mvh, stride_mvt,
+    stride_msb, stride_msh,
     stride_maskb,
     scale_log2,
     SINK: tl.constexpr, RECENT: tl.constexpr, FLUSH: tl.constexpr, RING: tl.constexpr, MID_CAP: tl.constexpr,
     SPLIT_LEN: tl.constexpr, FULL_LEN: tl.constexpr, FULL_PARTS: tl.constexpr, NUM_PARTS: tl.constexpr,
-    HAS_KEY_MASK: tl.constexpr,
+    HAS_KEY_MASK: tl.constexpr, QUANT: tl.constexpr,
     G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     G_POW: tl.constexpr, MERGE_S: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):  # fmt: skip
@@ -85,15 +88,18 @@ def _leank_static_decode_kernel(
         t_stop = tl.minimum(tl.minimum((i_split - FULL_PARTS + 1) * SPLIT_LEN, MID_CAP), (boundary - SINK).to(tl.int32))
         if (width > 0) & (t_start < t_stop):
             key_offset = tl.multiple_of(tl.load(OFFSETS + i_h), 16)
+            value_slot = tl.load(VALUE_SLOTS + i_h).to(tl.int64)
             p_k = MID_K + i_b * stride_mkb + key_offset * MID_CAP
-            p_v = MID_V + i_b * stride_mvb + tl.load(VALUE_SLOTS + i_h).to(tl.int64) * stride_mvh
+            p_v = MID_V + i_b * stride_mvb + value_slot * stride_mvh
+            scale_offset = i_b * stride_msb + value_slot * stride_msh  # scales [B, NV, MID_CAP] (8-bit middle)
             p_channels = CHANNELS + i_h * HEAD_DIM
             for i_w in tl.static_range(1, HEAD_DIM // 16 + 1):
                 if width == i_w * 16:
                     m_i, l_i, acc = _attend_middle(
                         m_i, l_i, acc, p_q, p_channels, m_g, p_k, p_v, stride_mvt,
-                        KEY_MASK + i_b * stride_maskb + SINK, t_start, t_stop, scale_log2, i_w * 16, BLOCK_G, BLOCK_N,
-                        BLOCK_D, HEAD_DIM, UPCAST, DOT_PRECISION, HAS_KEY_MASK,
+                        KEY_MASK + i_b * stride_maskb + SINK, t_start, t_stop, scale_log2, MID_KS + scale_offset,
+                        MID_VS + scale_offset, i_w * 16, BLOCK_G, BLOCK_N, BLOCK_D, HEAD_DIM, UPCAST, DOT_PRECISION,
+                        HAS_KEY_MASK, QUANT,
                     )  # fmt: skip
     _store_part_and_merge(
         m_i, l_i, acc, O_PART, LSE_PART, COUNTERS, OUT, i_b, i_h, i_split, NUM_PARTS,
@@ -108,6 +114,8 @@ def static_decode(
     full_values: torch.Tensor,
     mid_keys: torch.Tensor,
     mid_values: torch.Tensor,
+    mid_key_scales: torch.Tensor | None,
+    mid_value_scales: torch.Tensor | None,
     pad: torch.Tensor,
     position: torch.Tensor,
     key_mask: torch.Tensor | None,
@@ -141,19 +149,24 @@ def static_decode(
     group_pow = triton.next_power_of_2(group)
     # The bool mask's bytes (a view here: inductor cannot lower a bool bitcast); without one, any tensor (unread).
     mask = key_mask.view(torch.uint8) if key_mask is not None else pad
+    quant = mid_key_scales is not None
+    # fp32 scales of an 8-bit middle; without them, any tensor (never read: QUANT is False).
+    key_scales, value_scales = (mid_key_scales, mid_value_scales) if quant else (partial_lse, partial_lse)
+    scale_strides = (key_scales.stride(0), key_scales.stride(1)) if quant else (0, 0)
     _leank_static_decode_kernel[(num_parts, batch, num_kv_heads)](
-        query, full_keys, full_values, mid_keys, mid_values, pad, position, mask,
+        query, full_keys, full_values, mid_keys, mid_values, key_scales, value_scales, pad, position, mask,
         widths, channels, offsets, value_slots, storage_order,
         partial_out, partial_lse, counters, out,
         query.stride(0), query.stride(1),
         full_keys.stride(0), full_keys.stride(1), full_keys.stride(2),
         mid_keys.stride(0),
         mid_values.stride(0), mid_values.stride(1), mid_values.stride(2),
+        *scale_strides,
         mask.stride(0),
         scale * _LOG2E,
         SINK=sink_size, RECENT=recent_size, FLUSH=flush_size, RING=ring_size, MID_CAP=mid_cap,
         SPLIT_LEN=split_len, FULL_LEN=full_len, FULL_PARTS=full_parts, NUM_PARTS=num_parts,
-        HAS_KEY_MASK=key_mask is not None,
+        HAS_KEY_MASK=key_mask is not None, QUANT=quant,
         G=group, HEAD_DIM=head_dim, BLOCK_G=max(16, group_pow), BLOCK_N=block_n, BLOCK_D=block_d,
         G_POW=group_pow, MERGE_S=max(1, 8192 // (group_pow * block_d)), UPCAST=_INTERPRETED,
         DOT_PRECISION="ieee" if query.dtype == torch.float32 else "tf32", num_warps=4, num_stages=3,
@@ -178,17 +191,21 @@ def leank_static_decode_triton(query: torch.Tensor, kv: StaticKV, *, scale: floa
 
     Args:
         query (`torch.Tensor`): fp16, bf16 or fp32 on CUDA (or CPU under `TRITON_INTERPRET=1`), contiguous.
-        kv (`StaticKV`): the layer's step view; every kept width a multiple of 16.
+        kv (`StaticKV`): the layer's step view; every kept width a multiple of 16; its middle in the query's dtype or
+            8-bit (codes and scales).
         scale (`float`): softmax scale.
         block_n (`int`, *optional*, defaults to 64): keys per tile.
     """
     layout, windows = kv.layout, kv.windows
+    check_middle_dtypes(query, kv.mid_keys, kv.mid_values, kv.mid_key_scales, kv.mid_value_scales, kv.mid_cap)
     return static_decode(
         query.contiguous(),
         kv.full_keys,
         kv.full_values,
         kv.mid_keys,
         kv.mid_values,
+        kv.mid_key_scales,
+        kv.mid_value_scales,
         kv.pad,
         kv.position,
         kv.key_mask,

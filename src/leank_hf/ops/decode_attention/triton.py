@@ -9,6 +9,10 @@ each attend one chunk of the compact middle region, reading the head's contiguou
 `[T, head_dim]` value block. All query heads of a GQA group form one tile, so every key byte is read once. Each
 program writes a normalised partial output and its log-sum-exp (base 2) in fp32, then bumps a per-(row, head)
 counter; the program that finishes last merges the parts of its query heads and resets the counter to zero.
+
+An 8-bit middle (`QUANT`; `ops.decode_attention.quantization`) is read as codes: each tile's codes are converted in
+registers to the query's dtype (exact for int8 and e4m3 codes), its key scales multiply the tile's scores and its
+value scales the probabilities before the value product; the softmax and the accumulation stay fp32.
 """
 
 from __future__ import annotations
@@ -28,19 +32,25 @@ from .layout import CompactKV
 # wrongly, so loads are cast to fp32 right away in that mode.
 _INTERPRETED = bool(knobs.runtime.interpret)
 _SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_CODE_DTYPES = (torch.int8, torch.float8_e4m3fn)  # an 8-bit middle's codes
 _LOG2E = 1.4426950408889634
 _MAX_SPLITS = 64
 
 
 @triton.jit
-def _online_softmax_step(scores, valid, v, m_i, l_i, acc, DOT_PRECISION: tl.constexpr):
-    # scores [BLOCK_G, BLOCK_N] fp32 (log2 domain), valid [BLOCK_N], v [BLOCK_N, BLOCK_D]
+def _online_softmax_step(
+    scores, valid, v, m_i, l_i, acc, v_scale, DOT_PRECISION: tl.constexpr, SCALE_V: tl.constexpr
+):  # fmt: skip
+    # scores [BLOCK_G, BLOCK_N] fp32 (log2 domain), valid [BLOCK_N], v [BLOCK_N, BLOCK_D]; with SCALE_V the stored
+    # value of key n is v_scale[n] * v[n] (an 8-bit middle), applied to the probabilities: (p * s) @ v.
     scores = tl.where(valid[None, :], scores, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(scores, 1))
     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
     alpha = tl.exp2(m_i - m_safe)
     p = tl.exp2(scores - m_safe[:, None])
     l_i = l_i * alpha + tl.sum(p, 1)
+    if SCALE_V:
+        p = p * v_scale[None, :]
     acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
     return m_new, l_i, acc
 
@@ -60,7 +70,7 @@ def _attend_full_tile(
         k = k.to(tl.float32)
         v = v.to(tl.float32)
     scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale_log2
-    return _online_softmax_step(scores, valid, v, m_i, l_i, acc, DOT_PRECISION)
+    return _online_softmax_step(scores, valid, v, m_i, l_i, acc, 0.0, DOT_PRECISION, False)
 
 
 @triton.jit
@@ -86,10 +96,10 @@ def _middle_part_scores(
     UPCAST: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
-    # Keys of one tile are a contiguous [BLOCK_N, W] block; this reads its columns OFF .. OFF + P.
+    # Keys of one tile are a contiguous [BLOCK_N, W] block; this reads its columns OFF .. OFF + P. Converted to the
+    # query's dtype: fp32 when interpreting (UPCAST), and 8-bit codes to the model's dtype.
     k = tl.load(p_k + o_n[:, None] * W + OFF + tl.arange(0, P)[None, :], mask=valid[:, None], other=0.0)
-    if UPCAST:
-        k = k.to(tl.float32)
+    k = k.to(q.dtype)
     return scores + tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
 
 
@@ -108,6 +118,8 @@ def _attend_middle(
     t_start,
     t_stop,
     scale_log2,
+    p_key_scale,
+    p_value_scale,
     W: tl.constexpr,
     BLOCK_G: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -116,7 +128,9 @@ def _attend_middle(
     UPCAST: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     HAS_KEY_MASK: tl.constexpr,
+    QUANT: tl.constexpr,
 ):
+    # With QUANT, p_key_scale / p_value_scale point at this head's fp32 scales of middle index 0 (unread otherwise).
     # A width W (multiple of 16) is read as power-of-two column parts, e.g. 96 = 64 + 32, each fully vectorised.
     P256: tl.constexpr = W & 256
     P128: tl.constexpr = W & 128
@@ -161,7 +175,15 @@ def _attend_middle(
         v = tl.load(p_v_tile + o_n[:, None] * stride_vt + o_d[None, :], mask=valid[:, None] & m_d[None, :], other=0.0)
         if UPCAST:
             v = v.to(tl.float32)
-        m_i, l_i, acc = _online_softmax_step(scores * scale_log2, valid, v, m_i, l_i, acc, DOT_PRECISION)
+        elif QUANT:
+            v = v.to(p_q.dtype.element_ty)
+        v_scale = 0.0
+        if QUANT:  # q . (s k) = s (q . k); the value scales go to the probabilities
+            scores = scores * tl.load(p_key_scale + start + o_n, mask=valid, other=0.0)[None, :]
+            v_scale = tl.load(p_value_scale + start + o_n, mask=valid, other=0.0)
+        m_i, l_i, acc = _online_softmax_step(
+            scores * scale_log2, valid, v, m_i, l_i, acc, v_scale, DOT_PRECISION, QUANT
+        )
         p_k_tile += BLOCK_N * W
         p_v_tile += BLOCK_N * stride_vt
     return m_i, l_i, acc
@@ -216,19 +238,20 @@ def _merge_parts(
     ]
 )
 def _leank_decode_kernel(
-    Q, FULL_K, FULL_V, MID_K, MID_V, PAD, KEY_MASK, WIDTHS, CHANNELS, OFFSETS, VALUE_SLOTS, STORAGE_ORDER,
-    O_PART, LSE_PART, COUNTERS, OUT,
+    Q, FULL_K, FULL_V, MID_K, MID_V, MID_KS, MID_VS, PAD, KEY_MASK, WIDTHS, CHANNELS, OFFSETS, VALUE_SLOTS,
+    STORAGE_ORDER, O_PART, LSE_PART, COUNTERS, OUT,
     stride_qb, stride_qh,
     stride_fkb, stride_fkh, stride_fkt,
     stride_fvb, stride_fvh, stride_fvt,
     stride_mkb,
     stride_mvb, stride_mvh, stride_mvt,
+    stride_msb, stride_msh,
     stride_kmb,
     scale_log2,
     sink_size, num_full, recent_start, query_pos, boundary, mid_cap, num_mid, split_len, num_parts,
     G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     G_POW: tl.constexpr, MERGE_S: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    HAS_KEY_MASK: tl.constexpr,
+    HAS_KEY_MASK: tl.constexpr, QUANT: tl.constexpr,
 ):  # fmt: skip
     i_split = tl.program_id(0)
     i_b = tl.program_id(1).to(tl.int64)
@@ -269,8 +292,10 @@ def _leank_decode_kernel(
         t_stop = tl.minimum(tl.minimum(i_split * split_len, num_mid), boundary - sink_size)
         if (width > 0) & (t_start < t_stop):
             key_offset = tl.multiple_of(tl.load(OFFSETS + i_h), 16)
+            value_slot = tl.load(VALUE_SLOTS + i_h).to(tl.int64)
             p_k = MID_K + i_b * stride_mkb + key_offset * mid_cap
-            p_v = MID_V + i_b * stride_mvb + tl.load(VALUE_SLOTS + i_h).to(tl.int64) * stride_mvh
+            p_v = MID_V + i_b * stride_mvb + value_slot * stride_mvh
+            scale_offset = i_b * stride_msb + value_slot * stride_msh  # scales [B, NV, mid_cap] (8-bit middle)
             p_channels = CHANNELS + i_h * HEAD_DIM
             # One compiled loop per possible width; the one matching this head's width runs.
             for i_w in tl.static_range(1, HEAD_DIM // 16 + 1):
@@ -289,6 +314,8 @@ def _leank_decode_kernel(
                         t_start,
                         t_stop,
                         scale_log2,
+                        MID_KS + scale_offset,
+                        MID_VS + scale_offset,
                         i_w * 16,
                         BLOCK_G,
                         BLOCK_N,
@@ -297,6 +324,7 @@ def _leank_decode_kernel(
                         UPCAST,
                         DOT_PRECISION,
                         HAS_KEY_MASK,
+                        QUANT,
                     )
 
     _store_part_and_merge(
@@ -408,9 +436,10 @@ def _check_inputs(query: torch.Tensor, kv: CompactKV) -> None:
     for name, tensor in tensors.items():
         if tensor.device != query.device:
             raise LeanKUsageError(f"`{name}` is on {tensor.device} but the query is on {query.device}")
+    check_middle_dtypes(query, kv.mid_keys, kv.mid_values, kv.mid_key_scales, kv.mid_value_scales, kv.mid_cap)
     for name in ("full_keys", "full_values", "mid_keys", "mid_values"):
         tensor = tensors[name]
-        if tensor.dtype != query.dtype:
+        if name.startswith("full") and tensor.dtype != query.dtype:
             raise LeanKUsageError(f"`{name}` has dtype {tensor.dtype} but the query has {query.dtype}")
         if tensor.numel() and tensor.stride(-1) != 1:
             raise LeanKUsageError(f"`{name}` must be contiguous in its last dimension")
@@ -434,6 +463,42 @@ def _check_inputs(query: torch.Tensor, kv: CompactKV) -> None:
             f"cache tensors do not match the query batch {batch} and {num_kv_heads} KV heads: full_keys "
             f"{tuple(kv.full_keys.shape)}, mid_keys {tuple(kv.mid_keys.shape)}"
         )
+
+
+def check_middle_dtypes(
+    query: torch.Tensor,
+    mid_keys: torch.Tensor,
+    mid_values: torch.Tensor,
+    key_scales: torch.Tensor | None,
+    value_scales: torch.Tensor | None,
+    mid_cap: int,
+) -> None:
+    """The middle holds the query's dtype, or 8-bit codes with fp32 scales `[B, NV, >= mid_cap]` beside them."""
+    if key_scales is None and value_scales is None:
+        for name, tensor in (("mid_keys", mid_keys), ("mid_values", mid_values)):
+            if tensor.dtype != query.dtype:
+                raise LeanKUsageError(f"`{name}` has dtype {tensor.dtype} but the query has {query.dtype}")
+        return
+    if mid_keys.dtype not in _CODE_DTYPES or mid_values.dtype != mid_keys.dtype:
+        raise LeanKUsageError(
+            f"an 8-bit middle stores {_CODE_DTYPES} codes in `mid_keys` and `mid_values`, got {mid_keys.dtype} and "
+            f"{mid_values.dtype}"
+        )
+    expected = (mid_values.shape[0], mid_values.shape[1])
+    for name, scales in (("mid_key_scales", key_scales), ("mid_value_scales", value_scales)):
+        if (
+            scales is None
+            or scales.dtype != torch.float32
+            or scales.device != query.device
+            or tuple(scales.shape[:2]) != expected
+            or scales.shape[2] < mid_cap
+            or scales.stride(-1) != 1
+            or scales.stride() != key_scales.stride()
+        ):
+            raise LeanKUsageError(
+                f"`{name}` must be fp32 [B, NV, >= {mid_cap}] on {query.device} with the strides of `mid_key_scales`, "
+                f"contiguous in its last dimension"
+            )
 
 
 def leank_decode_fwd(
@@ -479,8 +544,12 @@ def leank_decode_fwd(
     mid_values = kv.mid_values
     # Bytes of the bool mask; without one, any pointer (never read: HAS_KEY_MASK is False).
     key_mask = kv.pad if kv.key_mask is None else kv.key_mask.view(torch.uint8)
+    quant = kv.mid_key_scales is not None
+    # fp32 scales of an 8-bit middle; without them, any tensor (never read: QUANT is False).
+    key_scales, value_scales = (kv.mid_key_scales, kv.mid_value_scales) if quant else (partial_lse, partial_lse)
+    scale_strides = (key_scales.stride(0), key_scales.stride(1)) if quant else (0, 0)
     _leank_decode_kernel[(num_parts, batch, num_kv_heads)](
-        query, kv.full_keys, kv.full_values, kv.mid_keys, mid_values, kv.pad, key_mask,
+        query, kv.full_keys, kv.full_values, kv.mid_keys, mid_values, key_scales, value_scales, kv.pad, key_mask,
         layout.widths, layout.channels, layout.offsets, layout.value_slots, layout.storage_order,
         partial_out, partial_lse, _counters(query.device, batch * num_kv_heads), out,
         query.stride(0), query.stride(1),
@@ -488,6 +557,7 @@ def leank_decode_fwd(
         kv.full_values.stride(0), kv.full_values.stride(1), kv.full_values.stride(2),
         kv.mid_keys.stride(0),
         mid_values.stride(0), mid_values.stride(1), mid_values.stride(2),
+        *scale_strides,
         key_mask.stride(0),
         scale * _LOG2E,
         kv.sink_size, kv.sink_size + kv.num_recent, kv.recent_start, kv.query_start, kv.boundaries[0],
@@ -495,7 +565,7 @@ def leank_decode_fwd(
         G=group, HEAD_DIM=head_dim, BLOCK_G=max(16, group_pow), BLOCK_N=block_n, BLOCK_D=block_d,
         G_POW=group_pow, MERGE_S=max(1, 8192 // (group_pow * block_d)), UPCAST=_INTERPRETED,
         DOT_PRECISION="ieee" if query.dtype == torch.float32 else "tf32", HAS_KEY_MASK=kv.key_mask is not None,
-        num_warps=num_warps, num_stages=num_stages,
+        QUANT=quant, num_warps=num_warps, num_stages=num_stages,
     )  # fmt: skip
     return out
 
@@ -508,7 +578,7 @@ def leank_decode_triton(query: torch.Tensor, kv: CompactKV, *, scale: float) -> 
             `[B, Hq, 1, D]` fp16, bf16 or fp32 on CUDA; `Hq` a multiple of the cache's KV heads (GQA).
         kv (`CompactKV`):
             The layer's cache as returned by `LeanKLayer.update`, with `len(kv.boundaries) == 1` and every kept
-            width a multiple of 16.
+            width a multiple of 16; its middle in the query's dtype or 8-bit (int8 / FP8 e4m3 codes and scales).
         scale (`float`):
             Softmax scale applied to the logits.
 

@@ -1,0 +1,98 @@
+"""`LeanKStaticCache` with an 8-bit middle: its Triton custom op against its PyTorch path (interpreter on CPU, CUDA
+where present), one compiled graph, and on CUDA the auto-compiled generate (FP8) against eager."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch._dynamo.utils
+
+from leank_hf import LeanKStaticCache, apply_leank
+from leank_hf.contract import Windows
+from leank_hf.ops.decode_attention import leank_static_decode_torch
+from leank_hf.ops.decode_attention.quantization import FORMATS, has_fp8
+from leank_hf.ops.decode_attention.static_triton import leank_static_decode_triton
+from leank_hf.static_cache import LeanKStaticLayer
+from tiny_models import LLAMA_WIDTHS, random_masks, tiny_model
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _filled_layer(mask: torch.Tensor, quant: str, dtype: torch.dtype, pads: list[int], steps: int):
+    """A static layer with an 8-bit middle after a 50-slot prompt and `steps` decode steps: the last step's view."""
+    batch, (heads, dim) = len(pads), mask.shape
+    layer = LeanKStaticLayer(mask, windows=Windows(4, 8, 3), max_cache_len=160, middle_quant=quant)
+    tokens = {"dtype": dtype, "device": DEVICE}
+    scale = torch.linspace(0.1, 8, dim, device=DEVICE, dtype=dtype)  # channels of unequal size, as real keys have
+    layer.update(torch.randn(batch, heads, 50, dim, **tokens) * scale, torch.randn(batch, heads, 50, dim, **tokens))
+    layer.prompt_attended(torch.tensor(pads))
+    for _ in range(steps):
+        keys, values = torch.randn(2, batch, heads, 1, dim, **tokens)
+        states, _ = layer.update(keys * scale, values)
+    return states.payload
+
+
+@pytest.mark.parametrize(("dtype", "atol"), [(torch.float32, 1e-5), (torch.float16, 2e-3)])
+@pytest.mark.parametrize("steps", [1, 60])
+@pytest.mark.parametrize("quant", ["int8", "fp8"])
+def test_triton_custom_op_reads_the_8bit_middle(quant: str, steps: int, dtype: torch.dtype, atol: float) -> None:
+    if quant == "fp8" and DEVICE == "cuda" and not has_fp8(torch.device(DEVICE)):
+        pytest.skip("FP8 e4m3 needs compute capability 8.9 or newer")
+    mask = torch.zeros(3, 32, dtype=torch.bool)
+    mask[0, :16] = True
+    mask[1, :] = True
+    kv = _filled_layer(mask, quant, dtype, pads=[0, 7], steps=steps)
+    assert kv.mid_keys.dtype == FORMATS[quant].dtype and kv.mid_key_scales is not None
+    kv.key_mask = torch.ones(2, 160, dtype=torch.bool, device=DEVICE)
+    kv.key_mask[0, 20:31] = False
+    query = torch.randn(2, 6, 1, 32, dtype=dtype, device=DEVICE)
+    expected = leank_static_decode_torch(query, kv, scale=0.2)
+    actual = leank_static_decode_triton(query, kv, scale=0.2, block_n=16)
+    torch.testing.assert_close(actual.float(), expected.float(), rtol=0, atol=atol)
+    assert int(kv.counters.abs().sum()) == 0
+
+
+def test_quantized_decode_step_compiles_to_one_graph() -> None:
+    """The quantizing write and the 8-bit read inside `torch.compile(fullgraph=True)`: one graph, equal to eager."""
+    model = apply_leank(tiny_model("llama"))
+    masks = random_masks(model.config)
+    inputs = torch.randint(1, 97, (2, 40), generator=torch.Generator().manual_seed(3))
+    mask = torch.ones(2, 52, dtype=torch.long)
+
+    def decode(forward) -> torch.Tensor:
+        cache = LeanKStaticCache(masks, model.config, max_cache_len=52, middle_quant="int8")
+        output = model(inputs, attention_mask=mask[:, :40], past_key_values=cache)
+        logits = []
+        for _ in range(12):
+            token = output.logits[:, -1:].argmax(-1)
+            output = forward(input_ids=token, attention_mask=mask, past_key_values=cache)
+            logits.append(output.logits[:, -1])
+        return torch.stack(logits)
+
+    expected = decode(model.forward)
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    actual = decode(torch.compile(model.forward, fullgraph=True, backend="aot_eager"))
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+    torch.testing.assert_close(actual, expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("quant", ["auto", "int8"])
+def test_gpu_auto_compiled_generate_with_8bit_middle_matches_eager(quant: str) -> None:
+    """generate() auto-compiles the 8-bit static cache on CUDA (Triton custom op); tokens equal the eager PyTorch
+    path ("auto" is FP8 e4m3 on compute capability 8.9+)."""
+    model = tiny_model("llama128").to("cuda", torch.bfloat16)
+    masks = random_masks(model.config, align=32, widths=LLAMA_WIDTHS)
+    inputs = {"input_ids": torch.randint(1, 97, (2, 300), device="cuda")}
+    kwargs = {"max_new_tokens": 24, "do_sample": False}
+    apply_leank(model, backend="torch")
+    eager = model.generate(
+        **inputs, past_key_values=LeanKStaticCache(masks, model.config, max_cache_len=340, middle_quant=quant), **kwargs
+    )
+    apply_leank(model, backend="auto")
+    cache = LeanKStaticCache(masks, model.config, max_cache_len=340, middle_quant=quant)
+    compiled = model.generate(**inputs, past_key_values=cache, **kwargs)
+    expected_dtype = FORMATS["fp8" if quant == "auto" and has_fp8(torch.device("cuda")) else "int8"].dtype
+    assert cache.layers[0].middle.keys.dtype == expected_dtype
+    torch.testing.assert_close(compiled, eager, rtol=0, atol=0)
