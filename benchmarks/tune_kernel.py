@@ -71,6 +71,7 @@ def main() -> None:
     parser.add_argument("--points", default=",".join(f"{t}:{b}" for t, b in POINTS), help="context:batch,...")
     parser.add_argument("--no-report", action="store_true", help="skip the host-cost and graph-time report")
     parser.add_argument("--no-sweep", action="store_true", help="only the host-cost and graph-time report")
+    parser.add_argument("--middle-quant", choices=["int8", "fp8"], help="sweep an 8-bit middle region (codes + scales)")
     args = parser.parse_args()
     masks = LeanKMasks.from_pretrained("meta-llama/Llama-3.1-8B-Instruct")
     layers = [int(x) for x in args.layers.split(",")]
@@ -94,7 +95,7 @@ def main() -> None:
     )
     ctas_options = [int(x) for x in args.ctas_per_sm.split(",")]
     for context, batch in points:
-        caches = _layer_caches(masks, layers, context, batch, torch.bfloat16)
+        caches = _layer_caches(masks, layers, context, batch, torch.bfloat16, args.middle_quant)
         query = torch.randn(batch, 32, 1, 128, device="cuda", dtype=torch.bfloat16)
         nbytes = statistics.fmean(_leank_bytes(kv, batch, 2) for kv in caches)
         for (block_n, warps, stages), ctas in itertools.product(settings, ctas_options):

@@ -195,3 +195,17 @@ def test_static_cache_matches_the_quantizing_reference_and_the_dynamic_cache(qua
         for got, want in zip(outputs[name].logits, expected.logits):
             torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
     torch.testing.assert_close(outputs["static-turn"], outputs["dynamic-turn"], rtol=0, atol=1e-5)
+
+
+def test_kernel_benchmark_counts_codes_and_scales() -> None:
+    """`bench kernel`'s LeanK bytes (hence its bytes-limit speedup and bandwidth) for an 8-bit middle."""
+    from leank_hf.tools.benchmarks.kernel import _leank_bytes
+    from packing import pack_compact
+
+    mask = random_layer_mask([32, 0, 16, 48, 0, 16, 16, 32], 128, torch.Generator().manual_seed(0))
+    keys = torch.randn(1, 8, 40, 128, dtype=torch.bfloat16)
+    plain = pack_compact(keys, keys, mask, [0], sink=4, boundaries=(30,))
+    quantized = pack_compact(keys, keys, mask, [0], sink=4, boundaries=(30,), quant="fp8")
+    full = (8 * (4 + 10) * 128 * 2 + 32 * 128) * 2  # sinks + recent window, K and V, and the query, in bf16
+    assert _leank_bytes(plain, 1, 2) == full + 26 * (160 + 6 * 128) * 2
+    assert _leank_bytes(quantized, 1, 2) == full + 26 * (160 + 6 * 128) + 2 * 26 * 6 * 4

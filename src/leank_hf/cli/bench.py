@@ -106,9 +106,22 @@ def add_kernel(benchmarks: argparse._SubParsersAction) -> None:
     parser.add_argument("--batches", type=arg.sizes, default=list(DEFAULT_BATCHES), help="e.g. 1,8,32")
     parser.add_argument("--layers", type=arg.indices, default=None, help="mask layers to time (default: all)")
     parser.add_argument("--rep-ms", type=arg.positive_int, default=40, help="milliseconds of repetitions per timing")
+    parser.add_argument(
+        "--middle-quant",
+        nargs="+",
+        choices=["none", "int8", "fp8"],
+        default=["none"],
+        help="LeanK middle-region storage, one row each: none (bf16, default), int8, fp8 (8 bits + scales)",
+    )
     add_output_options(parser)
     parser.set_defaults(
-        run=lambda args: run_kernel_benchmark(args.contexts, args.batches, layers=args.layers, rep_ms=args.rep_ms)
+        run=lambda args: run_kernel_benchmark(
+            args.contexts,
+            args.batches,
+            layers=args.layers,
+            rep_ms=args.rep_ms,
+            middle_quants=[None if quant == "none" else quant for quant in args.middle_quant],
+        )
     )
 
 

@@ -8,7 +8,9 @@ default); every layer of the mask gets its own LeanK cache of the same context, 
   host-side launch cost exceeds the flush shows that cost too;
 - graph: replays of a CUDA graph of the calls (`triton.testing.do_bench_cudagraph`), the GPU time alone.
 
-Bandwidth counts the cache bytes each method must read, over the graph time.
+Bandwidth counts the cache bytes each method must read, over the graph time. With `middle_quants`, the LeanK kernel
+is also timed on an 8-bit middle region (int8 or FP8 e4m3 codes plus one fp32 scale per token and KV head for keys
+and values), whose bytes (scales included) set its bytes-limit speedup.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from ...contract import Windows
 from ...errors import LeanKUsageError
 from ...masks import LeanKMasks
 from ...ops.decode_attention.layout import CompactKV, HeadLayout
+from ...ops.decode_attention.quantization import FORMATS
 from . import MASK_ID, BenchmarkResult
 
 DEFAULT_CONTEXTS = (8192, 32768, 131072)
@@ -41,6 +44,7 @@ class KernelResult:
 
     context: int
     batch: int
+    middle: str  # storage of the LeanK middle region: bf16 / int8 / fp8
     layers: int
     leank_ms: float
     leank_graph_ms: float
@@ -100,9 +104,10 @@ def _window(context: int, sink: int, recent: int, flush: int) -> tuple[int, int]
 
 
 def _layer_caches(
-    masks: LeanKMasks, layers: Sequence[int], context: int, batch: int, dtype: torch.dtype
+    masks: LeanKMasks, layers: Sequence[int], context: int, batch: int, dtype: torch.dtype, quant: str | None = None
 ) -> list[CompactKV]:
-    """A LeanK cache of `context` slots per layer; middle buffers are shared views of one allocation (random data)."""
+    """A LeanK cache of `context` slots per layer; middle buffers are shared views of one allocation (random data;
+    with `quant`, 8-bit codes and fp32 scales)."""
     sink, recent, flush = masks.sink_size, masks.recent_size, masks.flush_size
     boundary, num_recent = _window(context, sink, recent, flush)
     num_mid = boundary - sink
@@ -111,8 +116,13 @@ def _layer_caches(
     max_value_heads = max(layout.num_value_heads for layout in layouts)
     full_keys = torch.randn(batch, NUM_KV_HEADS, sink + recent + flush, HEAD_DIM, device="cuda", dtype=dtype)
     full_values = torch.randn_like(full_keys)
-    mid_keys = torch.randn(batch, num_mid * max_width, device="cuda", dtype=dtype)
-    mid_values = torch.randn(batch, max_value_heads, num_mid, HEAD_DIM, device="cuda", dtype=dtype)
+    stored = dtype if quant is None else FORMATS[quant].dtype
+    # Random codes: normal values cast to the storage dtype (int8: rounded, in [-4, 4]; fp8: as e4m3).
+    mid_keys = torch.randn(batch, num_mid * max_width, device="cuda").to(stored)
+    mid_values = torch.randn(batch, max_value_heads, num_mid, HEAD_DIM, device="cuda").to(stored)
+    scales = None
+    if quant is not None:
+        scales = torch.rand(2, batch, max_value_heads, num_mid, device="cuda") / 64
     pad = torch.zeros(batch, dtype=torch.int64, device="cuda")
     return [
         CompactKV(
@@ -129,15 +139,21 @@ def _layer_caches(
             pad=pad,
             query_start=context - 1,
             boundaries=(boundary,),
+            mid_key_scales=None if scales is None else scales[0, :, : layout.num_value_heads],
+            mid_value_scales=None if scales is None else scales[1, :, : layout.num_value_heads],
         )
         for layout in layouts
     ]
 
 
 def _leank_bytes(kv: CompactKV, batch: int, element: int) -> int:
+    """Bytes one decode step reads: full region, query and middle (8-bit: codes plus their fp32 scales)."""
     full = batch * NUM_KV_HEADS * (kv.sink_size + kv.num_recent) * HEAD_DIM * 2
-    middle = batch * kv.num_mid * (kv.layout.total_width + kv.layout.num_value_heads * HEAD_DIM)
-    return (full + middle + batch * NUM_Q_HEADS * HEAD_DIM) * element
+    code = kv.mid_keys.element_size()
+    middle = batch * kv.num_mid * (kv.layout.total_width + kv.layout.num_value_heads * HEAD_DIM) * code
+    if kv.mid_key_scales is not None:
+        middle += 2 * batch * kv.num_mid * kv.layout.num_value_heads * kv.mid_key_scales.element_size()
+    return (full + batch * NUM_Q_HEADS * HEAD_DIM) * element + middle
 
 
 def _flash_attn_with_kvcache() -> Callable[..., torch.Tensor] | None:
@@ -157,27 +173,55 @@ def bench_point(
     dtype: torch.dtype = torch.bfloat16,
     copy_gbps: float,
     rep_ms: int = 40,
-) -> KernelResult:
-    """Time the LeanK kernel on every layer in `layers` and dense decode attention on the same context."""
+    middle_quants: Sequence[str | None] = (None,),
+) -> list[KernelResult]:
+    """Time the LeanK kernel on every layer in `layers` (once per middle storage in `middle_quants`) and dense decode
+    attention on the same context."""
     from ...ops.decode_attention.triton import leank_decode_triton
 
     element = torch.finfo(dtype).bits // 8
     scale = HEAD_DIM**-0.5
     query = torch.randn(batch, NUM_Q_HEADS, 1, HEAD_DIM, device="cuda", dtype=dtype)
-    caches = _layer_caches(masks, layers, context, batch, dtype)
-    leank_times = [_bench_both(functools.partial(leank_decode_triton, query, kv, scale=scale), rep_ms) for kv in caches]
-    leank_ms = statistics.fmean(t[0] for t in leank_times)
-    leank_graph_ms = statistics.fmean(t[1] for t in leank_times)
-    leank_bytes = statistics.fmean(_leank_bytes(kv, batch, element) for kv in caches)
-    caches.clear()
-    torch.cuda.empty_cache()
+    leank = {}
+    for quant in middle_quants:
+        caches = _layer_caches(masks, layers, context, batch, dtype, quant)
+        times = [_bench_both(functools.partial(leank_decode_triton, query, kv, scale=scale), rep_ms) for kv in caches]
+        leank[quant] = (
+            statistics.fmean(t[0] for t in times),
+            statistics.fmean(t[1] for t in times),
+            statistics.fmean(_leank_bytes(kv, batch, element) for kv in caches),
+        )
+        caches.clear()
+        torch.cuda.empty_cache()
     dense_bytes = (2 * batch * NUM_KV_HEADS * context * HEAD_DIM + batch * NUM_Q_HEADS * HEAD_DIM) * element
-    sdpa_ms, sdpa_graph_ms, flash_ms, flash_graph_ms = _bench_dense(query, context, scale, rep_ms)
+    dense = _bench_dense(query, context, scale, rep_ms)
+    return [
+        _result(context, batch, quant or "bf16", len(layers), *times, dense_bytes, copy_gbps, *dense)
+        for quant, times in leank.items()
+    ]
+
+
+def _result(
+    context: int,
+    batch: int,
+    middle: str,
+    layers: int,
+    leank_ms: float,
+    leank_graph_ms: float,
+    leank_bytes: float,
+    dense_bytes: int,
+    copy_gbps: float,
+    sdpa_ms: float,
+    sdpa_graph_ms: float,
+    flash_ms: float | None,
+    flash_graph_ms: float | None,
+) -> KernelResult:
     leank_gbps = leank_bytes / (leank_graph_ms * 1e-3) / 1e9
     return KernelResult(
         context=context,
         batch=batch,
-        layers=len(layers),
+        middle=middle,
+        layers=layers,
         leank_ms=leank_ms,
         leank_graph_ms=leank_graph_ms,
         sdpa_ms=sdpa_ms,
@@ -247,6 +291,7 @@ def measure_host_cost(masks: LeanKMasks, dtype: torch.dtype = torch.bfloat16) ->
 COLUMNS = [
     "context",
     "batch",
+    "LeanK middle",
     "LeanK ms (events / graph)",
     "SDPA ms (events / graph)",
     "flash-attn ms (events / graph)",
@@ -264,6 +309,7 @@ def _row(r: KernelResult) -> list[str]:
     return [
         str(r.context),
         str(r.batch),
+        r.middle,
         pair(r.leank_ms, r.leank_graph_ms),
         pair(r.sdpa_ms, r.sdpa_graph_ms),
         pair(r.flash_attn_ms, r.flash_attn_graph_ms),
@@ -281,6 +327,7 @@ def run_kernel_benchmark(
     masks: LeanKMasks | None = None,
     layers: Sequence[int] | None = None,
     rep_ms: int = 40,
+    middle_quants: Sequence[str | None] = (None,),
 ) -> BenchmarkResult:
     """Time every (context, batch) point that fits in GPU memory.
 
@@ -295,6 +342,8 @@ def run_kernel_benchmark(
             Layers of the mask to time (the LeanK time is their mean); defaults to all.
         rep_ms (`int`, *optional*, defaults to 40):
             Milliseconds of repetitions per timing.
+        middle_quants (`Sequence[str | None]`, *optional*):
+            LeanK middle storages to time, a row each: `None` (the query's dtype), `"int8"`, `"fp8"`.
 
     Returns:
         `BenchmarkResult` named `"kernel"`.
@@ -315,7 +364,9 @@ def run_kernel_benchmark(
     results, skipped = [], []
     for context, batch in tqdm([(c, b) for c in contexts for b in batches], desc="bench kernel", leave=False):
         if _fits(context, batch, torch.bfloat16):
-            results.append(bench_point(masks, layers, context, batch, copy_gbps=copy_gbps, rep_ms=rep_ms))
+            results += bench_point(
+                masks, layers, context, batch, copy_gbps=copy_gbps, rep_ms=rep_ms, middle_quants=middle_quants
+            )
         else:
             skipped.append(f"{context}x{batch}")
     device = torch.cuda.get_device_name()
@@ -325,7 +376,8 @@ def run_kernel_benchmark(
         "(read + write).",
         "events: CUDA events per call after warm-up, L2 flushed before each (host launch cost shows when it exceeds "
         "the flush); graph: CUDA-graph replay, GPU time only. GB/s and % of copy BW: cache bytes read / graph time. "
-        "bytes limit: dense cache bytes / LeanK cache bytes.",
+        "bytes limit: dense cache bytes / LeanK cache bytes. LeanK middle int8 / fp8: 8-bit codes and fp32 scales "
+        "(per token and KV head, keys and values; counted in the LeanK bytes), random data; SDPA reads a bf16 cache.",
         f"Host cost per call (8K tokens, batch 1): LeanK {host['leank_host_us']:.0f} us, "
         f"SDPA {host['sdpa_host_us']:.0f} us.",
     ]
@@ -345,6 +397,7 @@ def run_kernel_benchmark(
             "layers": layers,
             "mask": masks.base_model,
             "rep_ms": rep_ms,
+            "middle_quant": [quant or "none" for quant in middle_quants],
             "device": device,
             "triton": triton.__version__,
             "copy_gbps": copy_gbps,
