@@ -209,3 +209,29 @@ def test_kernel_benchmark_counts_codes_and_scales() -> None:
     full = (8 * (4 + 10) * 128 * 2 + 32 * 128) * 2  # sinks + recent window, K and V, and the query, in bf16
     assert _leank_bytes(plain, 1, 2) == full + 26 * (160 + 6 * 128) * 2
     assert _leank_bytes(quantized, 1, 2) == full + 26 * (160 + 6 * 128) + 2 * 26 * 6 * 4
+
+
+def test_masks_carry_a_recommended_middle_storage(tmp_path) -> None:
+    """Saved in leank_config.json and the model card; caches built without `middle_quant` follow it; files without
+    the key (every mask saved before) load with no recommendation."""
+    import dataclasses
+    import json
+
+    from leank_hf import LeanKMasks, MaskError
+
+    model = tiny_model("llama")
+    masks = dataclasses.replace(random_masks(model.config), middle_quant="int8")
+    masks.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "leank_config.json").read_text())["middle_quant"] == "int8"
+    assert "| recommended middle storage | int8 |" in (tmp_path / "README.md").read_text()
+    loaded = LeanKMasks.from_pretrained(str(tmp_path))
+    assert loaded == masks and loaded.middle_quant == "int8"
+    keys = torch.randn(1, 2, 40, 32)
+    for quant, dtype in ((None, torch.int8), ("none", torch.float32), ("fp8", torch.float8_e4m3fn)):
+        cache = LeanKCache(loaded, model.config, middle_quant=quant)
+        cache.update(keys, keys, 0)
+        cache.layers[0].finish_prefill(None)
+        assert cache.layers[0].middle.keys.dtype == dtype
+    assert LeanKMasks.from_pretrained("HuggingFaceTB/SmolLM2-135M-Instruct").middle_quant is None
+    with pytest.raises(MaskError, match="middle_quant"):
+        dataclasses.replace(masks, middle_quant="int4")

@@ -47,7 +47,8 @@ class LeanKCache(Cache):
         middle_quant (`str`, *optional*):
             Store the middle region's kept key channels and values in 8 bits, with one fp32 scale per (token, KV
             head): `"fp8"` (FP8 e4m3), `"int8"`, or `"auto"` (FP8 on GPUs of compute capability 8.9 or newer, int8
-            elsewhere). Sinks and recent window stay in the model's dtype. `None` (default): no quantization.
+            elsewhere); `"none"` keeps the model's dtype. Sinks and recent window stay in the model's dtype. Defaults
+            to the masks' recommended `middle_quant` (none for masks without one).
 
     Example:
 
@@ -75,7 +76,8 @@ class LeanKCache(Cache):
         middle_quant: str | None = None,
     ):
         check_quant_name(middle_quant)
-        self.chunked_prefill, self.middle_quant = chunked_prefill, middle_quant
+        self.chunked_prefill = chunked_prefill
+        self.middle_quant = masks.middle_quant if middle_quant is None else middle_quant
         if not isinstance(masks, LeanKMasks):
             raise LeanKUsageError(f"`masks` must be a LeanKMasks, got {type(masks).__name__}")
         shape = ModelShape.from_config(config)

@@ -17,6 +17,7 @@ from .contract import ModelShape
 from .errors import MaskError
 from .hub import MaskHubMixin
 from .minference import MInferenceMixin
+from .ops.decode_attention.quantization import CHOICES as QUANT_CHOICES
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -46,6 +47,10 @@ class LeanKMasks(MaskHubMixin, MInferenceMixin):
             Fraction of K channels the training aimed to prune.
         training_info (`dict`, *optional*):
             Free-form, JSON-serialisable provenance (steps, data, seed, source of an imported mask, ...).
+        middle_quant (`str`, *optional*):
+            Recommended storage of the middle region with this mask, measured by its publisher: `"fp8"`, `"int8"`,
+            `"auto"` (8 bits, see `LeanKCache`) or `"none"`; caches built without `middle_quant` use it. `None` (files
+            without the key): no recommendation, the model's dtype.
         format_version (`int`, *optional*):
             Version of the saved format the mask was read from; files newer than this library are refused.
 
@@ -69,6 +74,7 @@ class LeanKMasks(MaskHubMixin, MInferenceMixin):
     align: int = 32
     target_ratio: float | None = None
     training_info: dict[str, Any] = field(default_factory=dict)
+    middle_quant: str | None = None
     format_version: int = MASK_FORMAT_VERSION
 
     def __post_init__(self) -> None:
@@ -99,6 +105,8 @@ class LeanKMasks(MaskHubMixin, MInferenceMixin):
                 raise MaskError(f"`{name}` must be a string or None, got {value!r}")
         if not isinstance(self.training_info, dict):
             raise MaskError(f"`training_info` must be a dict, got {type(self.training_info).__name__}")
+        if self.middle_quant is not None and self.middle_quant not in QUANT_CHOICES:
+            raise MaskError(f"`middle_quant` must be None or one of {list(QUANT_CHOICES)}, got {self.middle_quant!r}")
         ratio = self.target_ratio
         if ratio is not None and (
             isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 <= ratio <= 1
@@ -204,6 +212,7 @@ class LeanKMasks(MaskHubMixin, MInferenceMixin):
         dense = self.dense_kv_bytes_per_token(dtype)
         pruned = self.kv_bytes_per_token(dtype)
         histogram = ", ".join(f"{width}: {count}" for width, count in self.width_histogram().items())
+        recommended = [] if self.middle_quant is None else [("recommended middle storage", self.middle_quant)]
         return [
             ("base model", f"{self.base_model or '-'} (revision {self.base_model_revision or '-'})"),
             ("shape", f"{self.num_layers} layers x {self.num_kv_heads} KV heads x {self.head_dim} channels"),
@@ -216,6 +225,7 @@ class LeanKMasks(MaskHubMixin, MInferenceMixin):
                 f"middle-region KV bytes per token ({str(dtype).removeprefix('torch.')})",
                 f"{dense:,} dense -> {pruned:,} ({(dense - pruned) / dense:.2%} saved)",
             ),
+            *recommended,
         ]
 
     def plot(self, ax: Axes | None = None) -> Axes:

@@ -73,8 +73,11 @@ def write_masks(
 
 
 def masks_config(masks: LeanKMasks) -> dict[str, Any]:
-    """The content of `leank_config.json` for `masks`: every field but the tensor, plus derived provenance."""
+    """The content of `leank_config.json` for `masks`: every field but the tensor (`middle_quant` only when set, so
+    files without a recommendation stay as they were), plus derived provenance."""
     config = {item.name: getattr(masks, item.name) for item in fields(masks) if item.name != MASK_TENSOR_NAME}
+    if masks.middle_quant is None:
+        del config["middle_quant"]
     config.update(
         format_version=MASK_FORMAT_VERSION,
         leank_version=__version__,

@@ -282,7 +282,7 @@ def deployed_replies(model, tokenizer, group, masks: LeanKMasks, quant: str | No
         return [None] * len(judged)
     apply_leank(model, backend="torch")
     try:
-        context = LeanKCache(masks, model.config, chunked_prefill=True, middle_quant=quant)
+        context = LeanKCache(masks, model.config, chunked_prefill=True, middle_quant=quant or "none")
         with torch.no_grad():
             model(input_ids=group.prefix_ids.to(model.device)[None], past_key_values=context, use_cache=True)
         return [

@@ -37,7 +37,7 @@ FORMATS = {
     "int8": MiddleQuant("int8", torch.int8, 127.0),
     "fp8": MiddleQuant("fp8", torch.float8_e4m3fn, 448.0),
 }
-CHOICES = ("auto", *FORMATS)
+CHOICES = ("none", "auto", *FORMATS)
 
 
 def has_fp8(device: torch.device) -> bool:
@@ -46,8 +46,9 @@ def has_fp8(device: torch.device) -> bool:
 
 
 def resolve_quant(name: str | None, device: torch.device) -> MiddleQuant | None:
-    """The format `name` (`None`: no quantization) on `device`; `"auto"` is FP8 where the GPU has it, else int8."""
-    if name is None:
+    """The format `name` (`None` or `"none"`: no quantization) on `device`; `"auto"` is FP8 where the GPU has it,
+    else int8."""
+    if name is None or name == "none":
         return None
     if name == "auto":
         name = "fp8" if has_fp8(device) else "int8"

@@ -142,7 +142,7 @@ def run_memory_benchmark(
         )
         for count in tokens:
             for quant in middle_quants:
-                result = measure(masks, config, count, device, middle_quant=quant)
+                result = measure(masks, config, count, device, middle_quant=quant or "none")
                 row, values = _row(model, count, quant or "bf16", result["dense"], result["footprint"])
                 rows.append(row)
                 data.append(values)
