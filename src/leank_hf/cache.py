@@ -75,11 +75,11 @@ class LeanKCache(Cache):
         chunked_prefill: bool = False,
         middle_quant: str | None = None,
     ):
-        check_quant_name(middle_quant)
         self.chunked_prefill = chunked_prefill
-        self.middle_quant = masks.middle_quant if middle_quant is None else middle_quant
         if not isinstance(masks, LeanKMasks):
             raise LeanKUsageError(f"`masks` must be a LeanKMasks, got {type(masks).__name__}")
+        check_quant_name(middle_quant)
+        self.middle_quant = masks.middle_quant if middle_quant is None else middle_quant
         shape = ModelShape.from_config(config)
         shape.check_mask(masks.mask, made_for=masks.base_model)
         self.masks = masks
