@@ -104,6 +104,7 @@ BAD_ARGUMENTS = [
     (EVAL + ["--output", "{folder}"], "argument --output"),
     (EVAL + ["--output", "{text}/report.json"], "argument --output"),
     (EVAL + ["--plot", "{folder}"], "argument --plot"),
+    (EVAL + ["--middle-quant", "int4"], "argument --middle-quant"),
     (["eval", "--model", "{mask}", "--device", "cpu"], "is a LeanK mask folder, not a model"),
     # demo
     (["demo", "--length", "0"], "argument --length"),
@@ -114,6 +115,7 @@ BAD_ARGUMENTS = [
     (["bench", "memory", "--tokens", "8k,abc", "--no-save"], "argument --tokens"),
     (["bench", "memory", "--device", "banana"], "argument --device"),
     (["bench", "memory", "--output-dir", "{text}"], "argument --output-dir"),
+    (["bench", "memory", "--middle-quant", "int4"], "argument --middle-quant"),
     (["bench", "decode", "--steps", "0"], "argument --steps"),
     (["bench", "decode", "--warmup", "-1"], "argument --warmup"),
     (["bench", "decode", "--threads", "-1"], "argument --threads"),
@@ -122,6 +124,7 @@ BAD_ARGUMENTS = [
     (["bench", "kernel", "--rep-ms", "0"], "argument --rep-ms"),
     (["bench", "kernel", "--batches", "0"], "argument --batches"),
     (["bench", "kernel", "--layers", "-1"], "argument --layers"),
+    (["bench", "kernel", "--middle-quant", "int4"], "argument --middle-quant"),
     (["bench", "generate", "--contexts", "0"], "argument --contexts"),
     (["bench", "generate", "--contexts", "8k,abc"], "argument --contexts"),
     (["bench", "generate", "--methods", "sdpa,bogus"], "argument --methods"),
