@@ -235,3 +235,13 @@ def test_masks_carry_a_recommended_middle_storage(tmp_path) -> None:
     assert LeanKMasks.from_pretrained("HuggingFaceTB/SmolLM2-135M-Instruct").middle_quant is None
     with pytest.raises(MaskError, match="middle_quant"):
         dataclasses.replace(masks, middle_quant="int4")
+
+
+def test_fp8_is_refused_on_a_gpu_without_it(monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    with pytest.raises(LeanKUsageError, match="compute capability 8.9"):
+        resolve_quant("fp8", torch.device("cuda"))
+    assert resolve_quant("auto", torch.device("cuda")) is FORMATS["int8"]
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    assert resolve_quant("auto", torch.device("cuda")) is FORMATS["fp8"]
+    assert resolve_quant("fp8", torch.device("cpu")) is FORMATS["fp8"]  # CPU casts FP8 (PyTorch path, interpreter)

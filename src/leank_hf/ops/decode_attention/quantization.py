@@ -47,13 +47,18 @@ def has_fp8(device: torch.device) -> bool:
 
 def resolve_quant(name: str | None, device: torch.device) -> MiddleQuant | None:
     """The format `name` (`None` or `"none"`: no quantization) on `device`; `"auto"` is FP8 where the GPU has it,
-    else int8."""
+    else int8. FP8 on a GPU without it is refused (the Triton kernels could not read it)."""
     if name is None or name == "none":
         return None
     if name == "auto":
         name = "fp8" if has_fp8(device) else "int8"
     if name not in FORMATS:
         raise LeanKUsageError(f"`middle_quant` must be None or one of {list(CHOICES)}, got {name!r}")
+    if name == "fp8" and device.type == "cuda" and not has_fp8(device):
+        raise LeanKUsageError(
+            f"`middle_quant='fp8'` needs a GPU of compute capability 8.9 or newer, {device} has "
+            f"{torch.cuda.get_device_capability(device)}; use 'int8' (same bytes) or 'auto'"
+        )
     return FORMATS[name]
 
 
