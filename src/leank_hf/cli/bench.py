@@ -126,7 +126,7 @@ def add_kernel(benchmarks: argparse._SubParsersAction) -> None:
 
 
 def add_generate(benchmarks: argparse._SubParsersAction) -> None:
-    from ..tools.benchmarks.generate_gpu import METHODS, run_generate_benchmark
+    from ..tools.benchmarks.generate_gpu import DEFAULT_METHODS, METHODS, run_generate_benchmark
 
     parser = benchmarks.add_parser(
         "generate",
@@ -143,7 +143,10 @@ def add_generate(benchmarks: argparse._SubParsersAction) -> None:
     parser.add_argument("--vocab-size", type=arg.positive_int, default=32000)
     parser.add_argument("--num-layers", type=arg.positive_int, default=32)
     parser.add_argument(
-        "--methods", type=arg.names(METHODS), default=list(METHODS), help=f"comma list of {', '.join(METHODS)}"
+        "--methods",
+        type=arg.names(METHODS),
+        default=",".join(DEFAULT_METHODS),
+        help=f"comma list of {', '.join(METHODS)} (default: %(default)s)",
     )
     parser.add_argument("--no-max-batch", action="store_true", help="skip the largest-batch search")
     add_output_options(parser)

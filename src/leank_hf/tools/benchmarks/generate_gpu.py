@@ -2,8 +2,9 @@
 
 Methods: `sdpa` (DynamicCache + sdpa, eager), `static_compiled` (StaticCache + sdpa, `generate`'s auto-compile:
 transformers' fastest single-GPU path), `leank` (LeanKCache + the Triton kernel, eager) and `leank_static_compiled`
-(LeanKStaticCache + the Triton custom op, auto-compiled). Compiled methods first generate a few tokens on the same
-cache (compilation and CUDA-graph recording are not timed), then `reset()` it.
+(LeanKStaticCache + the Triton custom op, auto-compiled); `leank_fp8` and `leank_static_compiled_fp8` are the LeanK
+methods with the middle region in FP8 e4m3 (`middle_quant="fp8"`). Compiled methods first generate a few tokens on the
+same cache (compilation and CUDA-graph recording are not timed), then `reset()` it.
 
 A random-weight Llama with Llama-3.1-8B's shapes (32 layers, hidden 4096, 32 query / 8 KV heads of 128 channels;
 MLP width and vocabulary configurable, Llama-3.1-8B's MLP by default) and the authors' Llama-3.1-8B mask. For each
@@ -42,8 +43,9 @@ from ...static_cache import LeanKStaticCache
 from . import MASK_ID, BenchmarkResult, llama_masks
 from .kernel import copy_bandwidth_gbps
 
-METHODS = ("sdpa", "static_compiled", "leank", "leank_static_compiled")
-COMPILED = ("static_compiled", "leank_static_compiled")
+METHODS = ("sdpa", "static_compiled", "leank", "leank_static_compiled", "leank_fp8", "leank_static_compiled_fp8")
+COMPILED = ("static_compiled", "leank_static_compiled", "leank_static_compiled_fp8")
+DEFAULT_METHODS = METHODS[:4]  # the FP8-middle methods run when asked for
 # Dynamic caches: the largest-batch search (which fills caches by hand) and the tensor-parallel benchmark use these.
 SEARCHED = ("sdpa", "leank")
 GIB = 2**30
@@ -122,12 +124,14 @@ def new_cache(method: str, model: LlamaForCausalLM, masks: LeanKMasks, max_cache
     """An empty cache for `method` (static ones hold `max_cache_len` slots); a tensor-parallel model's LeanK cache
     keeps this rank's KV heads."""
     config = model.config
+    quant = "fp8" if method.endswith("_fp8") else "none"
+    method = method.removesuffix("_fp8")
     if method == "static_compiled":
         return StaticCache(config=config, max_cache_len=max_cache_len)
     if method == "leank":
-        return LeanKCache.for_model(model, masks)
+        return LeanKCache.for_model(model, masks, middle_quant=quant)
     if method == "leank_static_compiled":
-        return LeanKStaticCache(masks, config, max_cache_len=max_cache_len)
+        return LeanKStaticCache(masks, config, max_cache_len=max_cache_len, middle_quant=quant)
     return DynamicCache(config=config)
 
 
@@ -260,7 +264,7 @@ def run_generate_benchmark(
     contexts: tuple[int, ...] = (32768,),
     new_tokens: int = 256,
     batches: tuple[int, ...] = (1, 8),
-    methods: tuple[str, ...] = METHODS,
+    methods: tuple[str, ...] = DEFAULT_METHODS,
     intermediate_size: int = 14336,
     vocab_size: int = 32000,
     num_layers: int = 32,
@@ -336,7 +340,8 @@ def run_generate_benchmark(
         f"heads x 128, MLP {intermediate_size}, vocab {vocab_size} ({weight_bytes / GIB:.1f} GiB of weights); mask "
         f"{MASK_ID}; prompts of random tokens, {new_tokens} greedy new tokens. sdpa = DynamicCache + sdpa; "
         "static_compiled = StaticCache + sdpa with generate's auto-compile; leank = LeanKCache + Triton, eager; "
-        "leank_static_compiled = LeanKStaticCache + Triton custom op with generate's auto-compile.",
+        "leank_static_compiled = LeanKStaticCache + Triton custom op with generate's auto-compile; *_fp8: the same "
+        "with the middle region in FP8 e4m3 (codes + per-token scales).",
         f"floor = (weight bytes + cache bytes read per step) / device copy bandwidth ({copy_gbps:.0f} GB/s, read + "
         "write counted); % floor = floor / measured ms per step.",
     ]
