@@ -83,7 +83,10 @@ def test_resize_batch_changes_and_bytes_keep_the_scales(quant: str) -> None:
 
 
 def test_format_names() -> None:
-    assert resolve_quant("auto", torch.device("cpu")) is FORMATS["int8"]
+    assert resolve_quant("int8", torch.device("cpu")) is FORMATS["int8"]
+    assert resolve_quant("none", torch.device("cpu")) is None
+    with pytest.raises(LeanKUsageError, match="middle_quant"):
+        resolve_quant("auto", torch.device("cpu"))
     assert resolve_quant(None, torch.device("cpu")) is None
     with pytest.raises(LeanKUsageError, match="middle_quant"):
         LeanKCache(random_masks(tiny_model("llama").config), tiny_model("llama").config, middle_quant="int4")
@@ -241,7 +244,6 @@ def test_fp8_is_refused_on_a_gpu_without_it(monkeypatch) -> None:
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
     with pytest.raises(LeanKUsageError, match="compute capability 8.9"):
         resolve_quant("fp8", torch.device("cuda"))
-    assert resolve_quant("auto", torch.device("cuda")) is FORMATS["int8"]
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
-    assert resolve_quant("auto", torch.device("cuda")) is FORMATS["fp8"]
+    assert resolve_quant("fp8", torch.device("cuda")) is FORMATS["fp8"]
     assert resolve_quant("fp8", torch.device("cpu")) is FORMATS["fp8"]  # CPU casts FP8 (PyTorch path, interpreter)

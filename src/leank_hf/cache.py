@@ -46,9 +46,10 @@ class LeanKCache(Cache):
             it each layer compacts its prompt right after attending it, and a forward continuing the prompt is refused.
         middle_quant (`str`, *optional*):
             Store the middle region's kept key channels and values in 8 bits, with one fp32 scale per (token, KV
-            head): `"fp8"` (FP8 e4m3), `"int8"`, or `"auto"` (FP8 on GPUs of compute capability 8.9 or newer, int8
-            elsewhere); `"none"` keeps the model's dtype. Sinks and recent window stay in the model's dtype. Defaults
-            to the masks' recommended `middle_quant` (none for masks without one).
+            head): `"int8"` (more accurate than FP8 at the same bytes, README "8-bit middle region") or `"fp8"`
+            (FP8 e4m3; CPU, or GPUs of compute capability 8.9 or newer); `"none"` keeps the model's dtype. Sinks
+            and recent window stay in the model's dtype. Defaults to the masks' recommended `middle_quant` (none for
+            masks without one).
 
     Example:
 

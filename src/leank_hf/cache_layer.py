@@ -73,8 +73,7 @@ class LeanKLayer(CacheLayerMixin):
         keep_prompt_dense (`bool`, *optional*, defaults to `False`):
             Keep the prompt dense until decoding starts, so a prompt fed in chunks is attended exactly.
         middle_quant (`str`, *optional*):
-            Store the middle region in 8 bits: `"int8"`, `"fp8"` (FP8 e4m3) or `"auto"` (FP8 on GPUs of compute
-            capability 8.9 or newer, int8 elsewhere); `None` keeps the model's dtype.
+            Store the middle region in 8 bits: `"int8"` or `"fp8"` (FP8 e4m3); `None` keeps the model's dtype.
     """
 
     is_compileable = False

@@ -48,8 +48,8 @@ class LeanKMasks(MaskHubMixin, MInferenceMixin):
         training_info (`dict`, *optional*):
             Free-form, JSON-serialisable provenance (steps, data, seed, source of an imported mask, ...).
         middle_quant (`str`, *optional*):
-            Recommended storage of the middle region with this mask, measured by its publisher: `"fp8"`, `"int8"`,
-            `"auto"` (8 bits, see `LeanKCache`) or `"none"`; caches built without `middle_quant` use it. `None` (files
+            Recommended storage of the middle region with this mask, measured by its publisher: `"int8"` or `"fp8"`
+            (8 bits, see `LeanKCache`) or `"none"`; caches built without `middle_quant` use it. `None` (files
             without the key): no recommendation, the model's dtype.
         format_version (`int`, *optional*):
             Version of the saved format the mask was read from; files newer than this library are refused.

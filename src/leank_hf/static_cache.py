@@ -346,7 +346,7 @@ class LeanKStaticCache(LeanKCache):
         max_cache_len (`int`): most slots per row (left pads, prompt and new tokens).
         sink_size, recent_size, flush_size (`int`, *optional*): override the masks' windows.
         kv_heads (`KVHeadShard`, *optional*): this rank's KV heads under tensor parallelism (set by `for_model`).
-        middle_quant (`str`, *optional*): `"fp8"`, `"int8"` or `"auto"`: the middle region in 8 bits, as
+        middle_quant (`str`, *optional*): `"int8"` or `"fp8"`: the middle region in 8 bits, as
             `LeanKCache`'s (the memory allocated up front shrinks with it).
 
     Example:

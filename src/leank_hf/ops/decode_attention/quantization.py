@@ -37,7 +37,7 @@ FORMATS = {
     "int8": MiddleQuant("int8", torch.int8, 127.0),
     "fp8": MiddleQuant("fp8", torch.float8_e4m3fn, 448.0),
 }
-CHOICES = ("none", "auto", *FORMATS)
+CHOICES = ("none", *FORMATS)
 
 
 def has_fp8(device: torch.device) -> bool:
@@ -46,18 +46,16 @@ def has_fp8(device: torch.device) -> bool:
 
 
 def resolve_quant(name: str | None, device: torch.device) -> MiddleQuant | None:
-    """The format `name` (`None` or `"none"`: no quantization) on `device`; `"auto"` is FP8 where the GPU has it,
-    else int8. FP8 on a GPU without it is refused (the Triton kernels could not read it)."""
+    """The format `name` (`None` or `"none"`: no quantization) on `device`. FP8 on a GPU without it is refused (the
+    Triton kernels could not read it)."""
     if name is None or name == "none":
         return None
-    if name == "auto":
-        name = "fp8" if has_fp8(device) else "int8"
     if name not in FORMATS:
         raise LeanKUsageError(f"`middle_quant` must be None or one of {list(CHOICES)}, got {name!r}")
     if name == "fp8" and device.type == "cuda" and not has_fp8(device):
         raise LeanKUsageError(
             f"`middle_quant='fp8'` needs a GPU of compute capability 8.9 or newer, {device} has "
-            f"{torch.cuda.get_device_capability(device)}; use 'int8' (same bytes) or 'auto'"
+            f"{torch.cuda.get_device_capability(device)}; use 'int8' (same bytes)"
         )
     return FORMATS[name]
 
