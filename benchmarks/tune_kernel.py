@@ -16,7 +16,8 @@ import torch
 import triton.testing
 
 from leank_hf import LeanKMasks
-from leank_hf.ops.decode_attention.triton import _check_inputs, _choose_splits, _sm_count, leank_decode_fwd
+from leank_hf.ops.decode_attention.launch import choose_splits, sm_count
+from leank_hf.ops.decode_attention.triton import _check_inputs, leank_decode_fwd
 from leank_hf.tools.benchmarks.kernel import _bench, _layer_caches, _leank_bytes, copy_bandwidth_gbps, host_us_per_call
 
 POINTS = [(32768, 8), (32768, 1), (131072, 1), (32768, 32)]
@@ -100,7 +101,7 @@ def main() -> None:
         nbytes = statistics.fmean(_leank_bytes(kv, batch, 2) for kv in caches)
         for (block_n, warps, stages), ctas in itertools.product(settings, ctas_options):
             splits = [
-                _choose_splits(batch, kv.layout.num_value_heads, kv.num_mid, block_n, _sm_count(0), ctas)[0]
+                choose_splits(batch, kv.layout.num_value_heads, kv.num_mid, block_n, sm_count(0), ctas)[0]
                 for kv in caches
             ]
             try:

@@ -14,6 +14,7 @@ import torch
 
 from leank_hf import LeanKMasks
 from leank_hf.errors import LeanKUsageError
+from leank_hf.ops.decode_attention import launch
 from leank_hf.ops.decode_attention import triton as triton_decode
 from leank_hf.ops.decode_attention.layout import CompactKV
 from leank_hf.ops.decode_attention.naive import leank_decode_torch
@@ -21,7 +22,7 @@ from packing import pack_compact
 from reference import dense_attention, random_layer_mask, window_start
 
 HAS_CUDA = torch.cuda.is_available()
-if not HAS_CUDA and not triton_decode._INTERPRETED:
+if not HAS_CUDA and not launch.INTERPRETED:
     raise RuntimeError("without CUDA these tests need TRITON_INTERPRET=1 set before triton is imported (conftest.py)")
 DEVICE = "cuda" if HAS_CUDA else "cpu"
 
@@ -250,13 +251,13 @@ def test_kernel_reads_an_8bit_middle(widths, head_dim, group, length, pads, hole
 def test_choose_splits_fills_the_gpu():
     # batch 1 at 32K: many splits; batch 64: few; no middle: none. Chunks are whole tiles and cover the middle.
     for batch, num_mid in [(1, 32_000), (8, 32_000), (64, 131_000), (3, 100)]:
-        splits, split_len = triton_decode._choose_splits(batch, 6, num_mid, 64, 132)
+        splits, split_len = launch.choose_splits(batch, 6, num_mid, 64, 132)
         assert split_len % 64 == 0
         assert (splits - 1) * split_len < num_mid <= splits * split_len
-    assert 50 <= triton_decode._choose_splits(1, 6, 32_000, 64, 132)[0] <= triton_decode._MAX_SPLITS
-    assert triton_decode._choose_splits(1, 6, 10**7, 64, 132)[0] == triton_decode._MAX_SPLITS  # no length cap
-    assert triton_decode._choose_splits(64, 6, 131_000, 64, 132)[0] <= 3
-    assert triton_decode._choose_splits(4, 6, 0, 64, 132) == (0, 64)
+    assert 50 <= launch.choose_splits(1, 6, 32_000, 64, 132)[0] <= launch.MAX_SPLITS
+    assert launch.choose_splits(1, 6, 10**7, 64, 132)[0] == launch.MAX_SPLITS  # no length cap
+    assert launch.choose_splits(64, 6, 131_000, 64, 132)[0] <= 3
+    assert launch.choose_splits(4, 6, 0, 64, 132) == (0, 64)
 
 
 def test_rejects_unsupported_inputs():

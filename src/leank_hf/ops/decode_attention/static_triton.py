@@ -15,17 +15,9 @@ import torch
 import triton
 import triton.language as tl
 
+from .launch import INTERPRETED, LOG2E, check_middle_dtypes, choose_splits, sm_count
 from .layout import StaticKV
-from .triton import (
-    _INTERPRETED,
-    _LOG2E,
-    _attend_full_tile,
-    _attend_middle,
-    _choose_splits,
-    _sm_count,
-    _store_part_and_merge,
-    check_middle_dtypes,
-)
+from .tiles import attend_full_tile, attend_middle, store_part_and_merge
 
 
 @triton.jit
@@ -77,7 +69,7 @@ def _leank_static_decode_kernel(
             g = tl.where(is_sink, pad + o_s, ring_slot)
             valid = tl.where(is_sink, (g < boundary) & (g <= position), (g >= boundary) & (g >= pad) & (g >= 0))
             valid = valid & (o_s < SINK + RING)
-            m_i, l_i, acc = _attend_full_tile(
+            m_i, l_i, acc = attend_full_tile(
                 m_i, l_i, acc, q, p_k, p_v, o_s, g, valid, stride_ft, stride_ft, KEY_MASK + i_b * stride_maskb,
                 scale_log2, o_d, m_d, UPCAST, DOT_PRECISION, HAS_KEY_MASK,
             )  # fmt: skip
@@ -95,13 +87,13 @@ def _leank_static_decode_kernel(
             p_channels = CHANNELS + i_h * HEAD_DIM
             for i_w in tl.static_range(1, HEAD_DIM // 16 + 1):
                 if width == i_w * 16:
-                    m_i, l_i, acc = _attend_middle(
+                    m_i, l_i, acc = attend_middle(
                         m_i, l_i, acc, p_q, p_channels, m_g, p_k, p_v, stride_mvt,
                         KEY_MASK + i_b * stride_maskb + SINK, t_start, t_stop, scale_log2, MID_KS + scale_offset,
                         MID_VS + scale_offset, i_w * 16, BLOCK_G, BLOCK_N, BLOCK_D, HEAD_DIM, UPCAST, DOT_PRECISION,
                         HAS_KEY_MASK, QUANT,
                     )  # fmt: skip
-    _store_part_and_merge(
+    store_part_and_merge(
         m_i, l_i, acc, O_PART, LSE_PART, COUNTERS, OUT, i_b, i_h, i_split, NUM_PARTS,
         G, G_POW, MERGE_S, HEAD_DIM, BLOCK_G, BLOCK_D,
     )  # fmt: skip
@@ -138,8 +130,8 @@ def static_decode(
     batch, num_q_heads, _, head_dim = query.shape
     num_kv_heads = widths.shape[0]
     group = num_q_heads // num_kv_heads
-    num_sms = _sm_count(query.device.index or 0) if query.device.type == "cuda" else 8
-    num_splits, split_len = _choose_splits(batch, num_value_heads, mid_cap, block_n, num_sms)  # for the capacity
+    num_sms = sm_count(query.device.index or 0) if query.device.type == "cuda" else 8
+    num_splits, split_len = choose_splits(batch, num_value_heads, mid_cap, block_n, num_sms)  # for the capacity
     full_len, full_parts = _full_parts(sink_size + ring_size, split_len, block_n)
     num_parts = full_parts + num_splits
     partials = torch.empty(batch * num_q_heads * num_parts * (head_dim + 1), device=query.device, dtype=torch.float32)
@@ -163,12 +155,12 @@ def static_decode(
         mid_values.stride(0), mid_values.stride(1), mid_values.stride(2),
         *scale_strides,
         mask.stride(0),
-        scale * _LOG2E,
+        scale * LOG2E,
         SINK=sink_size, RECENT=recent_size, FLUSH=flush_size, RING=ring_size, MID_CAP=mid_cap,
         SPLIT_LEN=split_len, FULL_LEN=full_len, FULL_PARTS=full_parts, NUM_PARTS=num_parts,
         HAS_KEY_MASK=key_mask is not None, QUANT=quant,
         G=group, HEAD_DIM=head_dim, BLOCK_G=max(16, group_pow), BLOCK_N=block_n, BLOCK_D=block_d,
-        G_POW=group_pow, MERGE_S=max(1, 8192 // (group_pow * block_d)), UPCAST=_INTERPRETED,
+        G_POW=group_pow, MERGE_S=max(1, 8192 // (group_pow * block_d)), UPCAST=INTERPRETED,
         DOT_PRECISION="ieee" if query.dtype == torch.float32 else "tf32", num_warps=4, num_stages=3,
     )  # fmt: skip
     return out

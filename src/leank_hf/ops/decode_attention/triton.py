@@ -17,211 +17,18 @@ value scales the probabilities before the value product; the softmax and the acc
 
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
 import triton
 import triton.language as tl
-from triton import knobs
 
 from ...errors import LeanKUsageError
+from .launch import INTERPRETED, LOG2E, check_middle_dtypes, choose_splits, sm_count
 from .layout import CompactKV
+from .tiles import attend_full_tile, attend_middle, store_part_and_merge
 
-# Kernels are built as interpreted functions when TRITON_INTERPRET=1 at import. The interpreter computes bf16
-# wrongly, so loads are cast to fp32 right away in that mode.
-_INTERPRETED = bool(knobs.runtime.interpret)
 _SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-_CODE_DTYPES = (torch.int8, torch.float8_e4m3fn)  # an 8-bit middle's codes
-_LOG2E = 1.4426950408889634
-_MAX_SPLITS = 64
-
-
-@triton.jit
-def _online_softmax_step(
-    scores, valid, v, m_i, l_i, acc, v_scale, DOT_PRECISION: tl.constexpr, SCALE_V: tl.constexpr
-):  # fmt: skip
-    # scores [BLOCK_G, BLOCK_N] fp32 (log2 domain), valid [BLOCK_N], v [BLOCK_N, BLOCK_D]; with SCALE_V the stored
-    # value of key n is v_scale[n] * v[n] (an 8-bit middle), applied to the probabilities: (p * s) @ v.
-    scores = tl.where(valid[None, :], scores, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(scores, 1))
-    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-    alpha = tl.exp2(m_i - m_safe)
-    p = tl.exp2(scores - m_safe[:, None])
-    l_i = l_i * alpha + tl.sum(p, 1)
-    if SCALE_V:
-        p = p * v_scale[None, :]
-    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
-    return m_new, l_i, acc
-
-
-@triton.jit
-def _attend_full_tile(
-    m_i, l_i, acc, q, p_k, p_v, o_s, g, valid, stride_kt, stride_vt, p_key_mask, scale_log2, o_d, m_d,
-    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, HAS_KEY_MASK: tl.constexpr,
-):  # fmt: skip
-    # One tile of full-region slots o_s (global slots g, `valid` before the attention mask), all channels.
-    if HAS_KEY_MASK:
-        valid &= tl.load(p_key_mask + g, mask=valid, other=0) != 0
-    mask = valid[:, None] & m_d[None, :]
-    k = tl.load(p_k + o_s[:, None] * stride_kt + o_d[None, :], mask=mask, other=0.0)
-    v = tl.load(p_v + o_s[:, None] * stride_vt + o_d[None, :], mask=mask, other=0.0)
-    if UPCAST:
-        k = k.to(tl.float32)
-        v = v.to(tl.float32)
-    scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale_log2
-    return _online_softmax_step(scores, valid, v, m_i, l_i, acc, 0.0, DOT_PRECISION, False)
-
-
-@triton.jit
-def _load_query_part(p_q, p_channels, m_g, OFF: tl.constexpr, P: tl.constexpr, UPCAST: tl.constexpr):
-    # The query's kept channels OFF .. OFF + P of this head, gathered: [BLOCK_G, P]
-    channels = tl.load(p_channels + OFF + tl.arange(0, P))
-    q = tl.load(p_q[:, None] + channels[None, :], mask=m_g[:, None], other=0.0)
-    if UPCAST:
-        q = q.to(tl.float32)
-    return q
-
-
-@triton.jit
-def _middle_part_scores(
-    scores,
-    q,
-    p_k,
-    o_n,
-    valid,
-    W: tl.constexpr,
-    OFF: tl.constexpr,
-    P: tl.constexpr,
-    UPCAST: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
-):
-    # Keys of one tile are a contiguous [BLOCK_N, W] block; this reads its columns OFF .. OFF + P. Converted to the
-    # query's dtype: fp32 when interpreting (UPCAST), and 8-bit codes to the model's dtype.
-    k = tl.load(p_k + o_n[:, None] * W + OFF + tl.arange(0, P)[None, :], mask=valid[:, None], other=0.0)
-    k = k.to(q.dtype)
-    return scores + tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
-
-
-@triton.jit
-def _attend_middle(
-    m_i,
-    l_i,
-    acc,
-    p_q,
-    p_channels,
-    m_g,
-    p_k,
-    p_v,
-    stride_vt,
-    p_key_mask,
-    t_start,
-    t_stop,
-    scale_log2,
-    p_key_scale,
-    p_value_scale,
-    W: tl.constexpr,
-    BLOCK_G: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    HEAD_DIM: tl.constexpr,
-    UPCAST: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
-    HAS_KEY_MASK: tl.constexpr,
-    QUANT: tl.constexpr,
-):
-    # With QUANT, p_key_scale / p_value_scale point at this head's fp32 scales of middle index 0 (unread otherwise).
-    # A width W (multiple of 16) is read as power-of-two column parts, e.g. 96 = 64 + 32, each fully vectorised.
-    P256: tl.constexpr = W & 256
-    P128: tl.constexpr = W & 128
-    P64: tl.constexpr = W & 64
-    P32: tl.constexpr = W & 32
-    P16: tl.constexpr = W & 16
-    O128: tl.constexpr = W - W % 256
-    O64: tl.constexpr = W - W % 128
-    O32: tl.constexpr = W - W % 64
-    O16: tl.constexpr = W - W % 32
-    if P256:
-        q256 = _load_query_part(p_q, p_channels, m_g, 0, 256, UPCAST)
-    if P128:
-        q128 = _load_query_part(p_q, p_channels, m_g, O128, 128, UPCAST)
-    if P64:
-        q64 = _load_query_part(p_q, p_channels, m_g, O64, 64, UPCAST)
-    if P32:
-        q32 = _load_query_part(p_q, p_channels, m_g, O32, 32, UPCAST)
-    if P16:
-        q16 = _load_query_part(p_q, p_channels, m_g, O16, 16, UPCAST)
-    o_n = tl.arange(0, BLOCK_N)
-    o_d = tl.arange(0, BLOCK_D)
-    m_d = o_d < HEAD_DIM
-    # 64-bit tile pointers advanced per tile; in-tile offsets stay 32-bit.
-    p_k_tile = p_k + t_start.to(tl.int64) * W
-    p_v_tile = p_v + t_start.to(tl.int64) * stride_vt
-    for start in range(t_start, t_stop, BLOCK_N):
-        valid = start + o_n < t_stop
-        if HAS_KEY_MASK:  # mask bytes of this tile's global slots (p_key_mask points at middle index 0)
-            valid &= tl.load(p_key_mask + start + o_n, mask=valid, other=0) != 0
-        scores = tl.zeros([BLOCK_G, BLOCK_N], dtype=tl.float32)
-        if P256:
-            scores = _middle_part_scores(scores, q256, p_k_tile, o_n, valid, W, 0, 256, UPCAST, DOT_PRECISION)
-        if P128:
-            scores = _middle_part_scores(scores, q128, p_k_tile, o_n, valid, W, O128, 128, UPCAST, DOT_PRECISION)
-        if P64:
-            scores = _middle_part_scores(scores, q64, p_k_tile, o_n, valid, W, O64, 64, UPCAST, DOT_PRECISION)
-        if P32:
-            scores = _middle_part_scores(scores, q32, p_k_tile, o_n, valid, W, O32, 32, UPCAST, DOT_PRECISION)
-        if P16:
-            scores = _middle_part_scores(scores, q16, p_k_tile, o_n, valid, W, O16, 16, UPCAST, DOT_PRECISION)
-        v = tl.load(p_v_tile + o_n[:, None] * stride_vt + o_d[None, :], mask=valid[:, None] & m_d[None, :], other=0.0)
-        if UPCAST:
-            v = v.to(tl.float32)
-        elif QUANT:
-            v = v.to(p_q.dtype.element_ty)
-        v_scale = 0.0
-        if QUANT:  # q . (s k) = s (q . k); the value scales go to the probabilities
-            scores = scores * tl.load(p_key_scale + start + o_n, mask=valid, other=0.0)[None, :]
-            v_scale = tl.load(p_value_scale + start + o_n, mask=valid, other=0.0)
-        m_i, l_i, acc = _online_softmax_step(
-            scores * scale_log2, valid, v, m_i, l_i, acc, v_scale, DOT_PRECISION, QUANT
-        )
-        p_k_tile += BLOCK_N * W
-        p_v_tile += BLOCK_N * stride_vt
-    return m_i, l_i, acc
-
-
-@triton.jit
-def _merge_parts(
-    O_PART, LSE_PART, OUT, row0, num_parts,
-    G: tl.constexpr, G_POW: tl.constexpr, MERGE_S: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-):  # fmt: skip
-    # Query-head rows row0 .. row0 + G - 1 of O_PART [B * Hq, num_parts, HEAD_DIM], LSE_PART [B * Hq, num_parts] and
-    # OUT [B * Hq, HEAD_DIM]
-    o_g = tl.arange(0, G_POW)
-    o_s = tl.arange(0, MERGE_S)
-    o_d = tl.arange(0, BLOCK_D)
-    m_g = o_g < G
-    m_d = o_d < HEAD_DIM
-    rows = row0 + o_g
-    m_i = tl.full([G_POW], float("-inf"), dtype=tl.float32)
-    l_i = tl.zeros([G_POW], dtype=tl.float32)
-    acc = tl.zeros([G_POW, BLOCK_D], dtype=tl.float32)
-    for start in range(0, num_parts, MERGE_S):
-        parts = start + o_s
-        m_gs = m_g[:, None] & (parts < num_parts)[None, :]
-        p_parts = rows[:, None] * num_parts + parts[None, :]  # [G_POW, MERGE_S]
-        lse = tl.load(LSE_PART + p_parts, mask=m_gs, other=float("-inf"), cache_modifier=".cg")
-        p_o = O_PART + p_parts[:, :, None] * HEAD_DIM + o_d[None, None, :]  # [G_POW, MERGE_S, BLOCK_D]
-        o = tl.load(p_o, mask=m_gs[:, :, None] & m_d[None, None, :], other=0.0, cache_modifier=".cg")
-        m_new = tl.maximum(m_i, tl.max(lse, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp2(m_i - m_safe)
-        weights = tl.exp2(lse - m_safe[:, None])  # 0 for parts without keys
-        l_i = l_i * alpha + tl.sum(weights, 1)
-        acc = acc * alpha[:, None] + tl.sum(weights[:, :, None] * o, 1)
-        m_i = m_new
-    out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
-    p_out = OUT + rows[:, None] * HEAD_DIM + o_d[None, :]
-    tl.store(p_out, out.to(OUT.dtype.element_ty), mask=m_g[:, None] & m_d[None, :])
 
 
 @triton.jit(
@@ -281,7 +88,7 @@ def _leank_decode_kernel(
             is_sink = o_s < sink_size
             g = tl.where(is_sink, pad + o_s, recent_start + o_s - sink_size)
             valid = (g <= query_pos) & tl.where(is_sink, g < boundary, (o_s < num_full) & (g >= boundary) & (g >= pad))
-            m_i, l_i, acc = _attend_full_tile(
+            m_i, l_i, acc = attend_full_tile(
                 m_i, l_i, acc, q, p_k, p_v, o_s, g, valid, stride_fkt, stride_fvt, p_key_mask, scale_log2, o_d, m_d,
                 UPCAST, DOT_PRECISION, HAS_KEY_MASK,
             )  # fmt: skip
@@ -300,7 +107,7 @@ def _leank_decode_kernel(
             # One compiled loop per possible width; the one matching this head's width runs.
             for i_w in tl.static_range(1, HEAD_DIM // 16 + 1):
                 if width == i_w * 16:
-                    m_i, l_i, acc = _attend_middle(
+                    m_i, l_i, acc = attend_middle(
                         m_i,
                         l_i,
                         acc,
@@ -327,37 +134,10 @@ def _leank_decode_kernel(
                         QUANT,
                     )
 
-    _store_part_and_merge(
+    store_part_and_merge(
         m_i, l_i, acc, O_PART, LSE_PART, COUNTERS, OUT, i_b, i_h, i_split, num_parts,
         G, G_POW, MERGE_S, HEAD_DIM, BLOCK_G, BLOCK_D,
     )  # fmt: skip
-
-
-@triton.jit
-def _store_part_and_merge(
-    m_i, l_i, acc, O_PART, LSE_PART, COUNTERS, OUT, i_b, i_h, i_part, num_parts,
-    G: tl.constexpr, G_POW: tl.constexpr, MERGE_S: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_G: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-):  # fmt: skip
-    # Normalised partial output and its log2-sum-exp; -inf (and zeros) where no key was valid.
-    o_g = tl.arange(0, BLOCK_G)
-    m_g = o_g < G
-    o_d = tl.arange(0, BLOCK_D)
-    m_d = o_d < HEAD_DIM
-    has_keys = l_i > 0
-    out = acc / tl.where(has_keys, l_i, 1.0)[:, None]
-    lse = tl.where(has_keys, m_i + tl.log2(tl.where(has_keys, l_i, 1.0)), float("-inf"))
-    # O_PART [B, Hq, num_parts, HEAD_DIM] and LSE_PART [B, Hq, num_parts], both contiguous
-    row0 = (i_b * tl.num_programs(2) + i_h) * G  # first query head row of this (batch row, KV head)
-    o_part = (row0 + o_g) * num_parts + i_part  # [BLOCK_G] int64
-    tl.store(O_PART + o_part[:, None] * HEAD_DIM + o_d[None, :], out, mask=m_g[:, None] & m_d[None, :])
-    tl.store(LSE_PART + o_part, lse, mask=m_g)
-    # Every thread's stores precede the counter bump (release); the last program sees all parts (acquire).
-    tl.debug_barrier()
-    p_counter = COUNTERS + i_b * tl.num_programs(2) + i_h
-    if tl.atomic_add(p_counter, 1, sem="acq_rel") == num_parts - 1:
-        tl.atomic_xchg(p_counter, 0)
-        _merge_parts(O_PART, LSE_PART, OUT, row0, num_parts, G, G_POW, MERGE_S, HEAD_DIM, BLOCK_D)
 
 
 # Per (device, stream): int32 counters of finished programs per (batch row, KV head). Every launch leaves them at 0.
@@ -373,27 +153,6 @@ def _counters(device: torch.device, size: int) -> torch.Tensor:
     if counters is None or counters.numel() < size:
         counters = _COUNTERS[key] = torch.zeros(max(size, 1024), dtype=torch.int32, device=device)
     return counters
-
-
-@functools.cache
-def _sm_count(device_index: int) -> int:
-    return torch.cuda.get_device_properties(device_index).multi_processor_count
-
-
-def _choose_splits(
-    batch: int, busy_heads: int, num_mid: int, block_n: int, num_sms: int, ctas_per_sm: int = 8
-) -> tuple[int, int]:
-    """Number of middle-region splits and their length in tokens (a multiple of `block_n`).
-
-    Enough programs to give every SM `ctas_per_sm` middle chunks, but no chunk shorter than 8 tiles and at most
-    `_MAX_SPLITS` chunks (the merge of many parts costs more than the parallelism gains).
-    """
-    if num_mid <= 0 or busy_heads == 0:
-        return 0, block_n
-    wanted = math.ceil(num_sms * ctas_per_sm / (batch * busy_heads))
-    splits = max(1, min(wanted, _MAX_SPLITS, math.ceil(num_mid / (8 * block_n))))
-    split_len = math.ceil(math.ceil(num_mid / splits) / block_n) * block_n
-    return math.ceil(num_mid / split_len), split_len
 
 
 def _check_inputs(query: torch.Tensor, kv: CompactKV) -> None:
@@ -420,7 +179,7 @@ def _check_inputs(query: torch.Tensor, kv: CompactKV) -> None:
             f"the Triton LeanK kernel needs kept widths that are multiples of 16, got {odd}; "
             "use backend='torch' or a mask built with align=16 or 32"
         )
-    if query.device.type != "cuda" and not _INTERPRETED:
+    if query.device.type != "cuda" and not INTERPRETED:
         raise LeanKUsageError(
             f"the Triton LeanK kernel runs on CUDA tensors, got {query.device}; use backend='torch' on CPU"
         )
@@ -465,42 +224,6 @@ def _check_inputs(query: torch.Tensor, kv: CompactKV) -> None:
         )
 
 
-def check_middle_dtypes(
-    query: torch.Tensor,
-    mid_keys: torch.Tensor,
-    mid_values: torch.Tensor,
-    key_scales: torch.Tensor | None,
-    value_scales: torch.Tensor | None,
-    mid_cap: int,
-) -> None:
-    """The middle holds the query's dtype, or 8-bit codes with fp32 scales `[B, NV, >= mid_cap]` beside them."""
-    if key_scales is None and value_scales is None:
-        for name, tensor in (("mid_keys", mid_keys), ("mid_values", mid_values)):
-            if tensor.dtype != query.dtype:
-                raise LeanKUsageError(f"`{name}` has dtype {tensor.dtype} but the query has {query.dtype}")
-        return
-    if mid_keys.dtype not in _CODE_DTYPES or mid_values.dtype != mid_keys.dtype:
-        raise LeanKUsageError(
-            f"an 8-bit middle stores {_CODE_DTYPES} codes in `mid_keys` and `mid_values`, got {mid_keys.dtype} and "
-            f"{mid_values.dtype}"
-        )
-    expected = (mid_values.shape[0], mid_values.shape[1])
-    for name, scales in (("mid_key_scales", key_scales), ("mid_value_scales", value_scales)):
-        if (
-            scales is None
-            or scales.dtype != torch.float32
-            or scales.device != query.device
-            or tuple(scales.shape[:2]) != expected
-            or scales.shape[2] < mid_cap
-            or scales.stride(-1) != 1
-            or scales.stride() != key_scales.stride()
-        ):
-            raise LeanKUsageError(
-                f"`{name}` must be fp32 [B, NV, >= {mid_cap}] on {query.device} with the strides of `mid_key_scales`, "
-                f"contiguous in its last dimension"
-            )
-
-
 def leank_decode_fwd(
     query: torch.Tensor,
     kv: CompactKV,
@@ -529,8 +252,8 @@ def leank_decode_fwd(
     num_kv_heads = layout.num_kv_heads
     group = num_q_heads // num_kv_heads
     if num_splits is None:
-        num_sms = _sm_count(query.device.index or 0) if query.device.type == "cuda" else 8
-        num_splits, split_len = _choose_splits(batch, layout.num_value_heads, kv.num_mid, block_n, num_sms)
+        num_sms = sm_count(query.device.index or 0) if query.device.type == "cuda" else 8
+        num_splits, split_len = choose_splits(batch, layout.num_value_heads, kv.num_mid, block_n, num_sms)
     else:
         split_len = math.ceil(math.ceil(max(kv.num_mid, 1) / max(num_splits, 1)) / block_n) * block_n
         num_splits = math.ceil(kv.num_mid / split_len) if layout.num_value_heads else 0
@@ -559,11 +282,11 @@ def leank_decode_fwd(
         mid_values.stride(0), mid_values.stride(1), mid_values.stride(2),
         *scale_strides,
         key_mask.stride(0),
-        scale * _LOG2E,
+        scale * LOG2E,
         kv.sink_size, kv.sink_size + kv.num_recent, kv.recent_start, kv.query_start, kv.boundaries[0],
         kv.mid_cap, kv.num_mid, split_len, num_parts,
         G=group, HEAD_DIM=head_dim, BLOCK_G=max(16, group_pow), BLOCK_N=block_n, BLOCK_D=block_d,
-        G_POW=group_pow, MERGE_S=max(1, 8192 // (group_pow * block_d)), UPCAST=_INTERPRETED,
+        G_POW=group_pow, MERGE_S=max(1, 8192 // (group_pow * block_d)), UPCAST=INTERPRETED,
         DOT_PRECISION="ieee" if query.dtype == torch.float32 else "tf32", HAS_KEY_MASK=kv.key_mask is not None,
         QUANT=quant, num_warps=num_warps, num_stages=num_stages,
     )  # fmt: skip

@@ -1,0 +1,75 @@
+"""Host-side helpers both LeanK decode launchers use: interpreter mode, grid splits, the 8-bit middle's checks."""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+from triton import knobs
+
+from ...errors import LeanKUsageError
+
+# Kernels are built as interpreted functions when TRITON_INTERPRET=1 at import. The interpreter computes bf16
+# wrongly, so loads are cast to fp32 right away in that mode.
+INTERPRETED = bool(knobs.runtime.interpret)
+CODE_DTYPES = (torch.int8, torch.float8_e4m3fn)  # an 8-bit middle's codes
+LOG2E = 1.4426950408889634
+MAX_SPLITS = 64
+
+
+@functools.cache
+def sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def choose_splits(
+    batch: int, busy_heads: int, num_mid: int, block_n: int, num_sms: int, ctas_per_sm: int = 8
+) -> tuple[int, int]:
+    """Number of middle-region splits and their length in tokens (a multiple of `block_n`).
+
+    Enough programs to give every SM `ctas_per_sm` middle chunks, but no chunk shorter than 8 tiles and at most
+    `MAX_SPLITS` chunks (the merge of many parts costs more than the parallelism gains).
+    """
+    if num_mid <= 0 or busy_heads == 0:
+        return 0, block_n
+    wanted = math.ceil(num_sms * ctas_per_sm / (batch * busy_heads))
+    splits = max(1, min(wanted, MAX_SPLITS, math.ceil(num_mid / (8 * block_n))))
+    split_len = math.ceil(math.ceil(num_mid / splits) / block_n) * block_n
+    return math.ceil(num_mid / split_len), split_len
+
+
+def check_middle_dtypes(
+    query: torch.Tensor,
+    mid_keys: torch.Tensor,
+    mid_values: torch.Tensor,
+    key_scales: torch.Tensor | None,
+    value_scales: torch.Tensor | None,
+    mid_cap: int,
+) -> None:
+    """The middle holds the query's dtype, or 8-bit codes with fp32 scales `[B, NV, >= mid_cap]` beside them."""
+    if key_scales is None and value_scales is None:
+        for name, tensor in (("mid_keys", mid_keys), ("mid_values", mid_values)):
+            if tensor.dtype != query.dtype:
+                raise LeanKUsageError(f"`{name}` has dtype {tensor.dtype} but the query has {query.dtype}")
+        return
+    if mid_keys.dtype not in CODE_DTYPES or mid_values.dtype != mid_keys.dtype:
+        raise LeanKUsageError(
+            f"an 8-bit middle stores {CODE_DTYPES} codes in `mid_keys` and `mid_values`, got {mid_keys.dtype} and "
+            f"{mid_values.dtype}"
+        )
+    expected = (mid_values.shape[0], mid_values.shape[1])
+    for name, scales in (("mid_key_scales", key_scales), ("mid_value_scales", value_scales)):
+        if (
+            scales is None
+            or scales.dtype != torch.float32
+            or scales.device != query.device
+            or tuple(scales.shape[:2]) != expected
+            or scales.shape[2] < mid_cap
+            or scales.stride(-1) != 1
+            or scales.stride() != key_scales.stride()
+        ):
+            raise LeanKUsageError(
+                f"`{name}` must be fp32 [B, NV, >= {mid_cap}] on {query.device} with the strides of `mid_key_scales`, "
+                f"contiguous in its last dimension"
+            )
