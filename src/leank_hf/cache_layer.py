@@ -9,13 +9,12 @@ layout is `ops.decode_attention.layout`; the semantics are in DESIGN.md.
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any
 
 import torch
 from transformers.cache_utils import CacheLayerMixin
 
-from .cache_states import LeanKStates, PrefillKV
+from .cache_states import CHUNKED_PREFILL, LeanKStates, PrefillKV, refuse_compile
 from .contract import Windows
 from .errors import LeanKUsageError, MaskError
 from .footprint import MemoryFootprint, compact_layer_footprint, dense_footprint
@@ -24,31 +23,6 @@ from .ops.decode_attention.layout import CompactKV, HeadLayout
 from .ops.decode_attention.quantization import check_quant_name, resolve_quant
 
 logger = logging.getLogger(__name__)
-
-# Tokens written to the middle region at once: bounds the index tensor on long prompts.
-_WRITE_CHUNK = 4096
-# Middle-region capacity grows by this fraction when full, by at least one and at most `_MAX_GROWTH` flushes: large
-# caches keep little spare room, and a growth (a copy of the region) still comes at most every few hundred tokens.
-_GROWTH = 0.25
-_MAX_GROWTH = 16
-
-_CHUNKED_PREFILL = (
-    "this forward continues a prompt that no decode step followed (chunked prefill, e.g. "
-    "`generate(prefill_chunk_size=...)`), but the LeanKCache already compacted the prompt; build it with "
-    "`LeanKCache(..., chunked_prefill=True)` to attend chunked prompts exactly (the prompt then stays dense until the "
-    "first decode step, at a DynamicCache's peak memory), or feed the prompt in one forward"
-)
-_NOT_COMPILABLE = (
-    "the dynamic LeanKCache cannot be captured by torch.compile: its tensors change shape at every flush; run the "
-    "model without torch.compile, or use LeanKStaticCache, the compile-capable LeanK cache"
-)
-
-
-@torch.compiler.disable(reason=_NOT_COMPILABLE)
-def _refuse_compile() -> None:
-    """Raise the compile error. Dynamo does not trace it: with `fullgraph=True` it reports the reason above, without
-    it breaks the graph and runs this function, which raises."""
-    raise LeanKUsageError(_NOT_COMPILABLE)
 
 
 class LeanKLayer(CacheLayerMixin):
@@ -154,7 +128,7 @@ class LeanKLayer(CacheLayerMixin):
         (`CompactKV`) with one boundary per new query row.
         """
         if torch.compiler.is_compiling():
-            _refuse_compile()
+            refuse_compile()
         if self._pending:
             raise LeanKUsageError(
                 "a LeanKCache layer was updated twice without attention in between (its prompt was never attended); "
@@ -170,7 +144,7 @@ class LeanKLayer(CacheLayerMixin):
             )
         if key_states.shape[2] > 1 and not self._decoding:
             if self._prompt is None:
-                raise LeanKUsageError(_CHUNKED_PREFILL)
+                raise LeanKUsageError(CHUNKED_PREFILL)
             return self._extend_prompt(key_states, value_states)
         self._decoding = True
         if self._prompt is not None:
@@ -330,26 +304,9 @@ class LeanKLayer(CacheLayerMixin):
         count = keys.shape[2]
         if count == 0:
             return
-        self._ensure_mid_capacity(start + count)
-        for offset in range(0, count, _WRITE_CHUNK):
-            first = start + offset
-            size = min(_WRITE_CHUNK, count - offset)
-            self.middle.write(
-                keys[:, :, offset : offset + size],
-                values[:, :, offset : offset + size],
-                torch.arange(first, first + size, device=self.device),
-            )
+        self.middle = self.middle.with_room(start + count, keep=self.num_mid, flush_size=self.flush_size)
+        self.middle.write_range(keys, values, start)
         self.num_mid = start + count
-
-    def _ensure_mid_capacity(self, tokens: int) -> None:
-        capacity = self.middle.capacity
-        if tokens <= capacity:
-            return
-        flush = self.flush_size
-        growth = min(max(math.ceil(capacity * _GROWTH), flush), _MAX_GROWTH * flush)
-        capacity = -(-max(tokens, capacity + growth) // flush) * flush
-        logger.debug("LeanKCache layer grows its middle region from %d to %d tokens", self.middle.capacity, capacity)
-        self.middle = self.middle.resized(capacity, keep=self.num_mid)
 
     # -------------------------------------------------------- Cache protocol
     def get_seq_length(self) -> int:

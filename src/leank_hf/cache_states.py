@@ -1,4 +1,5 @@
-"""What LeanK cache layers hand to the attention in place of key and value tensors (`LeanKStates`)."""
+"""What LeanK cache layers hand to the attention in place of key and value tensors (`LeanKStates`), and the
+refusals of uses they cannot serve (non-LeanK attention, torch.compile of the dynamic cache, chunked prefill)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,24 @@ _NOT_SWITCHED = (
     "this model's attention received the compact keys of a LeanKCache, which only the LeanK attention can read; "
     "call `leank_hf.apply_leank(model)` before generating with a LeanKCache"
 )
+
+CHUNKED_PREFILL = (
+    "this forward continues a prompt that no decode step followed (chunked prefill, e.g. "
+    "`generate(prefill_chunk_size=...)`), but the LeanKCache already compacted the prompt; build it with "
+    "`LeanKCache(..., chunked_prefill=True)` to attend chunked prompts exactly (the prompt then stays dense until the "
+    "first decode step, at a DynamicCache's peak memory), or feed the prompt in one forward"
+)
+_NOT_COMPILABLE = (
+    "the dynamic LeanKCache cannot be captured by torch.compile: its tensors change shape at every flush; run the "
+    "model without torch.compile, or use LeanKStaticCache, the compile-capable LeanK cache"
+)
+
+
+@torch.compiler.disable(reason=_NOT_COMPILABLE)
+def refuse_compile() -> None:
+    """Raise the compile error. Dynamo does not trace it: with `fullgraph=True` it reports the reason above, without
+    it breaks the graph and runs this function, which raises."""
+    raise LeanKUsageError(_NOT_COMPILABLE)
 
 
 @dataclass

@@ -7,12 +7,23 @@ Both caches store it the same way (the layout of `ops.decode_attention.layout`);
 
 from __future__ import annotations
 
+import logging
+import math
 from collections.abc import Callable
 
 import torch
 
 from .ops.decode_attention.layout import HeadLayout, WidthGroup
 from .ops.decode_attention.quantization import MiddleQuant, quantize_rows, quantize_segments
+
+logger = logging.getLogger(__name__)
+
+# Tokens written at once by `write_range`: bounds the index tensor on long prompts.
+_WRITE_CHUNK = 4096
+# A growing region grows by this fraction when full, by at least one and at most `_MAX_GROWTH` flushes: large caches
+# keep little spare room, and a growth (a copy of the region) still comes at most every few hundred tokens.
+_GROWTH = 0.25
+_MAX_GROWTH = 16
 
 
 class MiddleRegion:
@@ -84,6 +95,25 @@ class MiddleRegion:
                 kept, scales = quantize_rows(kept, quant)
                 self.value_scales.index_copy_(2, index, scales)
             _bytes(self.values).index_copy_(2, index, _bytes(kept))
+
+    def write_range(self, keys: torch.Tensor, values: torch.Tensor, start: int) -> None:
+        """Store `[B, H, T, D]` tokens at middle indices `start .. start + T - 1` (in chunks of `_WRITE_CHUNK`)."""
+        device = self.keys.device
+        for offset in range(0, keys.shape[2], _WRITE_CHUNK):
+            chunk = slice(offset, offset + _WRITE_CHUNK)
+            size = keys[:, :, chunk].shape[2]
+            index = torch.arange(start + offset, start + offset + size, device=device)
+            self.write(keys[:, :, chunk], values[:, :, chunk], index)
+
+    def with_room(self, tokens: int, keep: int, flush_size: int) -> MiddleRegion:
+        """This region if it holds `tokens`, else a grown one (a multiple of `flush_size` tokens, at least `_GROWTH`
+        more) holding this one's first `keep` tokens."""
+        if tokens <= self.capacity:
+            return self
+        growth = min(max(math.ceil(self.capacity * _GROWTH), flush_size), _MAX_GROWTH * flush_size)
+        capacity = -(-max(tokens, self.capacity + growth) // flush_size) * flush_size
+        logger.debug("LeanKCache layer grows its middle region from %d to %d tokens", self.capacity, capacity)
+        return self.resized(capacity, keep)
 
     def resized(self, capacity: int, keep: int) -> MiddleRegion:
         """A region of `capacity` tokens holding this one's first `keep` tokens."""
