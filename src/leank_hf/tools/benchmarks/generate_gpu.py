@@ -2,8 +2,8 @@
 
 Methods: `sdpa` (DynamicCache + sdpa, eager), `static_compiled` (StaticCache + sdpa, `generate`'s auto-compile:
 transformers' fastest single-GPU path), `leank` (LeanKCache + the Triton kernel, eager) and `leank_static_compiled`
-(LeanKStaticCache + the Triton custom op, auto-compiled); `leank_fp8` and `leank_static_compiled_fp8` are the LeanK
-methods with the middle region in FP8 e4m3 (`middle_quant="fp8"`). Compiled methods first generate a few tokens on the
+(LeanKStaticCache + the Triton custom op, auto-compiled); a suffix `_int8` or `_fp8` runs a LeanK method with the
+middle region in 8 bits (`middle_quant`). Compiled methods first generate a few tokens on the
 same cache (compilation and CUDA-graph recording are not timed), then `reset()` it.
 
 A random-weight Llama with Llama-3.1-8B's shapes (32 layers, hidden 4096, 32 query / 8 KV heads of 128 channels;
@@ -43,8 +43,9 @@ from ...static_cache import LeanKStaticCache
 from . import MASK_ID, BenchmarkResult, llama_masks
 from .kernel import copy_bandwidth_gbps
 
-METHODS = ("sdpa", "static_compiled", "leank", "leank_static_compiled", "leank_fp8", "leank_static_compiled_fp8")
-COMPILED = ("static_compiled", "leank_static_compiled", "leank_static_compiled_fp8")
+_LEANK_8BIT = tuple(f"{method}_{quant}" for quant in ("int8", "fp8") for method in ("leank", "leank_static_compiled"))
+METHODS = ("sdpa", "static_compiled", "leank", "leank_static_compiled", *_LEANK_8BIT)
+COMPILED = ("static_compiled", "leank_static_compiled", "leank_static_compiled_int8", "leank_static_compiled_fp8")
 DEFAULT_METHODS = METHODS[:4]  # the FP8-middle methods run when asked for
 # Dynamic caches: the largest-batch search (which fills caches by hand) and the tensor-parallel benchmark use these.
 SEARCHED = ("sdpa", "leank")
@@ -124,8 +125,8 @@ def new_cache(method: str, model: LlamaForCausalLM, masks: LeanKMasks, max_cache
     """An empty cache for `method` (static ones hold `max_cache_len` slots); a tensor-parallel model's LeanK cache
     keeps this rank's KV heads."""
     config = model.config
-    quant = "fp8" if method.endswith("_fp8") else "none"
-    method = method.removesuffix("_fp8")
+    quant = next((name for name in ("int8", "fp8") if method.endswith(f"_{name}")), "none")
+    method = method.removesuffix(f"_{quant}")
     if method == "static_compiled":
         return StaticCache(config=config, max_cache_len=max_cache_len)
     if method == "leank":
@@ -340,8 +341,8 @@ def run_generate_benchmark(
         f"heads x 128, MLP {intermediate_size}, vocab {vocab_size} ({weight_bytes / GIB:.1f} GiB of weights); mask "
         f"{MASK_ID}; prompts of random tokens, {new_tokens} greedy new tokens. sdpa = DynamicCache + sdpa; "
         "static_compiled = StaticCache + sdpa with generate's auto-compile; leank = LeanKCache + Triton, eager; "
-        "leank_static_compiled = LeanKStaticCache + Triton custom op with generate's auto-compile; *_fp8: the same "
-        "with the middle region in FP8 e4m3 (codes + per-token scales).",
+        "leank_static_compiled = LeanKStaticCache + Triton custom op with generate's auto-compile; *_int8 / *_fp8: "
+        "the same with the middle region in int8 / FP8 e4m3 (codes + per-token scales).",
         f"floor = (weight bytes + cache bytes read per step) / device copy bandwidth ({copy_gbps:.0f} GB/s, read + "
         "write counted); % floor = floor / measured ms per step.",
     ]
