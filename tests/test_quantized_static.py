@@ -52,15 +52,24 @@ def test_triton_custom_op_reads_the_8bit_middle(quant: str, steps: int, dtype: t
     assert int(kv.counters.abs().sum()) == 0
 
 
-def test_quantized_decode_step_compiles_to_one_graph() -> None:
-    """The quantizing write and the 8-bit read inside `torch.compile(fullgraph=True)`: one graph, equal to eager."""
+@pytest.mark.parametrize(
+    ("backend", "quant"),
+    [
+        ("aot_eager", "int8"),
+        pytest.param("inductor", "int8", marks=pytest.mark.slow),
+        pytest.param("inductor", "fp8", marks=pytest.mark.slow),
+    ],
+)
+def test_quantized_decode_step_compiles_to_one_graph(backend: str, quant: str) -> None:
+    """The quantizing write and the 8-bit read inside `torch.compile(fullgraph=True)`: one graph, equal to eager
+    (inductor: the 8-bit byte views of the write lower)."""
     model = apply_leank(tiny_model("llama"))
     masks = random_masks(model.config)
     inputs = torch.randint(1, 97, (2, 40), generator=torch.Generator().manual_seed(3))
     mask = torch.ones(2, 52, dtype=torch.long)
 
     def decode(forward) -> torch.Tensor:
-        cache = LeanKStaticCache(masks, model.config, max_cache_len=52, middle_quant="int8")
+        cache = LeanKStaticCache(masks, model.config, max_cache_len=52, middle_quant=quant)
         output = model(inputs, attention_mask=mask[:, :40], past_key_values=cache)
         logits = []
         for _ in range(12):
@@ -72,7 +81,7 @@ def test_quantized_decode_step_compiles_to_one_graph() -> None:
     expected = decode(model.forward)
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
-    actual = decode(torch.compile(model.forward, fullgraph=True, backend="aot_eager"))
+    actual = decode(torch.compile(model.forward, fullgraph=True, backend=backend))
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
     torch.testing.assert_close(actual, expected, rtol=0, atol=1e-5)
 
