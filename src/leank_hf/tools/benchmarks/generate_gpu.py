@@ -13,7 +13,8 @@ generated token to the last (prefill excluded), with peak memory over the whole 
 Each method first generates a few tokens of a short prompt, so kernel loading and library setup are not timed.
 
 The largest batch that fits at `context` tokens is searched separately for each method: caches filled with random
-keys/values (no prefill, whose activations would otherwise set the limit for both), then two decode steps.
+keys/values (no prefill, whose activations would otherwise set the limit), then two eager decode steps (a compiled
+method's CUDA-graph memory pool is not counted).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from ...cache import LeanKCache
 from ...cache_layer import LeanKLayer
 from ...errors import LeanKUsageError
 from ...masks import LeanKMasks
-from ...static_cache import LeanKStaticCache
+from ...static_cache import LeanKStaticCache, LeanKStaticLayer
 from . import MASK_ID, BenchmarkResult, llama_masks
 from .kernel import copy_bandwidth_gbps
 
@@ -47,8 +48,9 @@ _LEANK_8BIT = tuple(f"{method}_{quant}" for quant in ("int8", "fp8") for method 
 METHODS = ("sdpa", "static_compiled", "leank", "leank_static_compiled", *_LEANK_8BIT)
 COMPILED = ("static_compiled", "leank_static_compiled", "leank_static_compiled_int8", "leank_static_compiled_fp8")
 DEFAULT_METHODS = METHODS[:4]  # the FP8-middle methods run when asked for
-# Dynamic caches: the largest-batch search (which fills caches by hand) and the tensor-parallel benchmark use these.
-SEARCHED = ("sdpa", "leank")
+# The largest-batch search (which fills caches by hand) covers these; the tensor-parallel benchmark the dynamic ones.
+SEARCHED = ("sdpa", "static_compiled", "leank", "leank_static_compiled")
+DYNAMIC = ("sdpa", "leank")
 GIB = 2**30
 
 
@@ -218,7 +220,7 @@ def fits(model: LlamaForCausalLM, masks: LeanKMasks, method: str, batch: int, co
     config = model.config
     cache = None
     try:
-        cache = new_cache(method, model, masks, context)
+        cache = new_cache(method, model, masks, context + 2)
         fill_random(cache, batch, context, config.num_key_value_heads, config.head_dim)
         token = torch.ones(batch, 1, dtype=torch.long, device="cuda")
         for _ in range(2):
@@ -232,17 +234,31 @@ def fits(model: LlamaForCausalLM, masks: LeanKMasks, method: str, batch: int, co
         _free()
 
 
-def fill_random(cache: DynamicCache | LeanKCache, batch: int, context: int, num_kv_heads: int, head_dim: int) -> None:
-    """Fill every layer of an empty cache with `context` random bf16 tokens per row, as after a prompt (no pads)."""
+def fill_random(
+    cache: Any,
+    batch: int,
+    context: int,
+    num_kv_heads: int,
+    head_dim: int,
+    *,
+    device: str = "cuda",
+    dtype: torch.dtype = torch.bfloat16,
+) -> None:
+    """Fill every layer of an empty cache (dynamic, static or LeanK) with `context` random tokens per row, as after a
+    prompt (no pads)."""
     shape = (batch, num_kv_heads, context, head_dim)
+    positions = {"cache_position": torch.arange(context, device=device)}
     for index, layer in enumerate(cache.layers):
-        keys = torch.randn(shape, device="cuda", dtype=torch.bfloat16)
+        keys = torch.randn(shape, device=device, dtype=dtype)
         values = torch.randn_like(keys)
         if isinstance(layer, LeanKLayer):
             layer.update(keys, values)
             layer.finish_prefill(None)
+        elif isinstance(layer, LeanKStaticLayer):
+            layer.update(keys, values)
+            layer.prompt_attended(None)
         else:
-            cache.update(keys, values, index)
+            cache.update(keys, values, index, positions)
         del keys, values
 
 
@@ -272,7 +288,7 @@ def run_generate_benchmark(
     search_max_batch: bool = True,
     report: Callable[[str], None] = print,
 ) -> BenchmarkResult:
-    """Decode throughput and memory per (context, batch, method), and the largest batch the dynamic caches fit.
+    """Decode throughput and memory per (context, batch, method), and the largest batch each method fits.
 
     Args:
         contexts (`tuple[int, ...]`, *optional*, defaults to `(32768,)`): prompt tokens per row.
@@ -284,7 +300,7 @@ def run_generate_benchmark(
             cost depends on it).
         num_layers (`int`, *optional*, defaults to 32): decoder layers (the mask's first `num_layers` layers).
         search_max_batch (`bool`, *optional*, defaults to True): also search, at the first context, the largest batch
-            of `sdpa` and `leank`.
+            of each method in `SEARCHED`.
         report (`Callable[[str], None]`, *optional*): called with one line per finished measurement.
 
     Returns:

@@ -28,7 +28,7 @@ from transformers import AutoModelForCausalLM
 
 from ...masks import LeanKMasks
 from . import BenchmarkResult, llama_masks
-from .generate_gpu import GIB, SEARCHED, build_model, cache_bytes, fill_random, new_cache, switch_attention
+from .generate_gpu import DYNAMIC, GIB, build_model, cache_bytes, fill_random, new_cache, switch_attention
 
 # Prompt rows: longer than the bundled mask's sink (128) + recent (768) windows, by several flushes (128).
 ROWS = (1500, 1100, 400)
@@ -53,7 +53,7 @@ def _inputs(vocab_size: int, device: torch.device) -> dict[str, dict[str, torch.
 def run_cases(model: Any, masks: LeanKMasks) -> dict[str, dict[str, torch.Tensor]]:
     """`{"method/case": {"sequences", "logits" [steps, B, vocab] fp32}}` on the CPU, for both methods and cases."""
     results = {}
-    for method in SEARCHED:
+    for method in DYNAMIC:
         switch_attention(model, method)
         for case, inputs in _inputs(model.config.vocab_size, model.device).items():
             output = model.generate(
@@ -168,7 +168,7 @@ def bench(work: Path, out: Path, contexts: list[int], batches: list[int], steps:
     rows, data = [], []
     for context in contexts:
         for batch in batches:
-            for method in SEARCHED:
+            for method in DYNAMIC:
                 ranks = time_decode(model, masks, method, batch, context, steps)
                 seconds = float(ranks[:, 0].max())
                 numbers = {
