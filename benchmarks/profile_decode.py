@@ -17,10 +17,17 @@ from typing import Any
 
 import torch
 from torch.profiler import ProfilerActivity, profile, schedule
-from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers import StoppingCriteria
 
 from leank_hf.tools.benchmarks import llama_masks
-from leank_hf.tools.benchmarks.generate_gpu import COMPILED, METHODS, build_model, new_cache, switch_attention
+from leank_hf.tools.benchmarks.generate_gpu import (
+    COMPILED,
+    METHODS,
+    build_model,
+    greedy_generate,
+    new_cache,
+    switch_attention,
+)
 
 WAIT, WARMUP = 2, 2  # profiler steps skipped: the prefill (step 0) and the first decode steps
 
@@ -38,18 +45,6 @@ class _ProfilerStep(StoppingCriteria):
         return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
 
-def _generate(model: Any, prompt: torch.Tensor, cache: Any, new_tokens: int, criteria: list[Any]) -> None:
-    model.generate(
-        prompt,
-        attention_mask=torch.ones_like(prompt),
-        past_key_values=cache,
-        max_new_tokens=new_tokens,
-        min_new_tokens=new_tokens,
-        do_sample=False,
-        stopping_criteria=StoppingCriteriaList(criteria),
-    )
-
-
 @torch.inference_mode()
 def profile_decode(method: str, context: int, batch: int, steps: int, num_layers: int) -> str:
     masks = llama_masks(num_layers)
@@ -59,12 +54,12 @@ def profile_decode(method: str, context: int, batch: int, steps: int, num_layers
     new_tokens = WAIT + WARMUP + steps + 1
     cache = new_cache(method, model, masks, context + new_tokens)
     if method in COMPILED:
-        _generate(model, prompt[:, : min(context, 1024)], cache, 4, [])
+        greedy_generate(model, prompt[:, : min(context, 1024)], cache, 4)
         cache.reset()
     activities = [ProfilerActivity.CPU, ProfilerActivity.CUDA]
     with profile(activities=activities, schedule=schedule(wait=WAIT, warmup=WARMUP, active=steps)) as profiler:
         clock = _ProfilerStep(profiler)
-        _generate(model, prompt, cache, new_tokens, [clock])
+        greedy_generate(model, prompt, cache, new_tokens, (clock,))
     wall = [b - a for a, b in zip(clock.times[WAIT + WARMUP - 1 :], clock.times[WAIT + WARMUP :], strict=False)]
     events = profiler.key_averages()
     kernels = [  # device events, less the profiler's and compiled graphs' range annotations

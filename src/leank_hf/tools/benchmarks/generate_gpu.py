@@ -152,7 +152,10 @@ def _free() -> None:
     torch.cuda.empty_cache()
 
 
-def _generate(model: LlamaForCausalLM, prompt: torch.Tensor, cache: Any, new_tokens: int, clock: _StepClock) -> None:
+def greedy_generate(
+    model: LlamaForCausalLM, prompt: torch.Tensor, cache: Any, new_tokens: int, criteria: tuple[Any, ...] = ()
+) -> None:
+    """Exactly `new_tokens` greedy tokens after `prompt` on `cache`; `criteria` are called at every token (clocks)."""
     model.generate(
         prompt,
         attention_mask=torch.ones_like(prompt),
@@ -160,7 +163,7 @@ def _generate(model: LlamaForCausalLM, prompt: torch.Tensor, cache: Any, new_tok
         max_new_tokens=new_tokens,
         min_new_tokens=new_tokens,
         do_sample=False,
-        stopping_criteria=StoppingCriteriaList([clock]),
+        stopping_criteria=StoppingCriteriaList(list(criteria)),
     )
 
 
@@ -182,14 +185,14 @@ def time_generate(
     prompt = torch.randint(1, model.config.vocab_size, (batch, context), device="cuda", generator=generator)
     cache = new_cache(method, model, masks, context + new_tokens)
     if method in COMPILED:  # compile and record the decode step on this cache, then start over on it
-        _generate(model, prompt[:, : min(context, 1024)], cache, 4, _StepClock())
+        greedy_generate(model, prompt[:, : min(context, 1024)], cache, 4)
         cache.reset()
     clock = _StepClock()
     _free()
     torch.cuda.reset_peak_memory_stats()
     torch.cuda.synchronize()
     start = time.perf_counter()
-    _generate(model, prompt, cache, new_tokens, clock)
+    greedy_generate(model, prompt, cache, new_tokens, (clock,))
     torch.cuda.synchronize()
     steps = len(clock.times) - 1
     decode_s = clock.times[-1] - clock.times[0]
