@@ -6,6 +6,7 @@ anything imports triton). With CUDA the same cases run compiled on the GPU, bf16
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -285,6 +286,25 @@ def test_gpu_default_blocks_long_context(dtype, atol, rtol):
     out = triton_decode.leank_decode_triton(case.query, case.kv, scale=128**-0.5)
     assert_close(out, dense_reference(case, 128**-0.5), atol, rtol)
     assert math.isfinite(float(out.float().abs().max()))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA")
+@pytest.mark.parametrize("quant", ["int8", "fp8"])
+@pytest.mark.parametrize("query_scale", [1.0, 2.0**17], ids=["query", "query-beyond-fp16"])
+def test_gpu_8bit_middle_default_blocks_long_context(quant, query_scale):
+    """The compiled 8-bit path (codes and query in fp16) at the default launch. Scaling the bf16 query by 2^17
+    (entries past fp16's 65504) and the softmax scale by 2^-17 leaves the logits unchanged: no overflow may show."""
+    (mask,) = llama_layer_masks((17,))
+    case = make_case(
+        widths=mask, head_dim=128, group=4, length=4099, pads=[0, 333, 1000], dtype=torch.bfloat16, seed=5,
+        sink_size=128, recent_size=768, flush_size=128, quant=quant,
+    )  # fmt: skip
+    case = dataclasses.replace(case, query=case.query * query_scale)
+    assert (case.query.abs().max() > 65504) == (query_scale > 1)
+    scale = 128**-0.5 / query_scale
+    out = triton_decode.leank_decode_triton(case.query, case.kv, scale=scale)
+    assert_close(out, dense_reference(case, scale), 2e-2, 2e-2)
 
 
 def test_generate_with_triton_backend_matches_torch_backend(monkeypatch):
