@@ -39,6 +39,12 @@ def choose_splits(
     return math.ceil(num_mid / split_len), split_len
 
 
+def tile_settings(quantized: bool) -> tuple[int, int]:
+    """Default `(block_n, num_stages)` of both kernels, from `benchmarks/tune_kernel.py` on an H200 (32K tokens,
+    batch 8): 64 keys per tile and 3 load stages for a middle in the model's dtype, 128 and 2 for 8-bit codes."""
+    return (128, 2) if quantized else (64, 3)
+
+
 def check_middle_dtypes(
     query: torch.Tensor,
     mid_keys: torch.Tensor,

@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .launch import INTERPRETED, LOG2E, check_middle_dtypes, choose_splits, sm_count
+from .launch import INTERPRETED, LOG2E, check_middle_dtypes, choose_splits, sm_count, tile_settings
 from .layout import StaticKV
 from .tiles import attend_full_tile, attend_middle, store_part_and_merge
 
@@ -161,7 +161,8 @@ def static_decode(
         HAS_KEY_MASK=key_mask is not None, QUANT=quant,
         G=group, HEAD_DIM=head_dim, BLOCK_G=max(16, group_pow), BLOCK_N=block_n, BLOCK_D=block_d,
         G_POW=group_pow, MERGE_S=max(1, 8192 // (group_pow * block_d)), UPCAST=INTERPRETED,
-        DOT_PRECISION="ieee" if query.dtype == torch.float32 else "tf32", num_warps=4, num_stages=3,
+        DOT_PRECISION="ieee" if query.dtype == torch.float32 else "tf32", num_warps=4,
+        num_stages=tile_settings(quant)[1],
     )  # fmt: skip
     return out
 
@@ -178,7 +179,9 @@ def _(query: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
     return torch.empty_like(query)
 
 
-def leank_static_decode_triton(query: torch.Tensor, kv: StaticKV, *, scale: float, block_n: int = 64) -> torch.Tensor:
+def leank_static_decode_triton(
+    query: torch.Tensor, kv: StaticKV, *, scale: float, block_n: int | None = None
+) -> torch.Tensor:
     """Decode attention of `query` `[B, Hq, 1, D]` over a `LeanKStaticCache` layer in one launch of fixed grid.
 
     Args:
@@ -186,7 +189,8 @@ def leank_static_decode_triton(query: torch.Tensor, kv: StaticKV, *, scale: floa
         kv (`StaticKV`): the layer's step view; every kept width a multiple of 16; its middle in the query's dtype or
             8-bit (codes and scales).
         scale (`float`): softmax scale.
-        block_n (`int`, *optional*, defaults to 64): keys per tile.
+        block_n (`int`, *optional*): keys per tile; `launch.tile_settings` chooses by the middle's storage if not
+            given.
     """
     layout, windows = kv.layout, kv.windows
     check_middle_dtypes(query, kv.mid_keys, kv.mid_values, kv.mid_key_scales, kv.mid_value_scales, kv.mid_cap)
@@ -214,5 +218,5 @@ def leank_static_decode_triton(query: torch.Tensor, kv: StaticKV, *, scale: floa
         kv.ring_size,
         kv.mid_cap,
         layout.num_value_heads,
-        block_n,
+        block_n or tile_settings(kv.mid_key_scales is not None)[0],
     )

@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 
 from ...errors import LeanKUsageError
-from .launch import INTERPRETED, LOG2E, check_middle_dtypes, choose_splits, sm_count
+from .launch import INTERPRETED, LOG2E, check_middle_dtypes, choose_splits, sm_count, tile_settings
 from .layout import CompactKV
 from .tiles import attend_full_tile, attend_middle, store_part_and_merge
 
@@ -230,23 +230,27 @@ def leank_decode_fwd(
     scale: float,
     *,
     num_splits: int | None = None,
-    block_n: int = 64,
+    block_n: int | None = None,
     num_warps: int = 4,
-    num_stages: int = 3,
+    num_stages: int | None = None,
 ) -> torch.Tensor:
     """Launch the decode kernel. See `leank_decode_triton`; the keywords tune the launch.
 
     Args:
         num_splits (`int`, *optional*):
             Middle-region splits per (batch row, KV head); chosen from the problem size and SM count if not given.
-        block_n (`int`, *optional*, defaults to 64):
-            Keys per tile (a power of two >= 16).
+        block_n (`int`, *optional*):
+            Keys per tile (a power of two >= 16); `launch.tile_settings` chooses by the middle's storage if not given.
         num_warps (`int`, *optional*, defaults to 4):
             Warps per program.
-        num_stages (`int`, *optional*, defaults to 3):
-            Software-pipelining depth of the key/value loads.
+        num_stages (`int`, *optional*):
+            Software-pipelining depth of the key/value loads; chosen like `block_n` if not given.
     """
     _check_inputs(query, kv)
+    quant = kv.mid_key_scales is not None
+    default_block_n, default_stages = tile_settings(quant)
+    block_n = block_n or default_block_n
+    num_stages = num_stages or default_stages
     layout = kv.layout
     batch, num_q_heads, _, head_dim = query.shape
     num_kv_heads = layout.num_kv_heads
@@ -267,7 +271,6 @@ def leank_decode_fwd(
     mid_values = kv.mid_values
     # Bytes of the bool mask; without one, any pointer (never read: HAS_KEY_MASK is False).
     key_mask = kv.pad if kv.key_mask is None else kv.key_mask.view(torch.uint8)
-    quant = kv.mid_key_scales is not None
     # fp32 scales of an 8-bit middle; without them, any tensor (never read: QUANT is False).
     key_scales, value_scales = (kv.mid_key_scales, kv.mid_value_scales) if quant else (partial_lse, partial_lse)
     scale_strides = (key_scales.stride(0), key_scales.stride(1)) if quant else (0, 0)
