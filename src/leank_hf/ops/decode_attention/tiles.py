@@ -8,11 +8,6 @@ finishes last merges the parts of its `(row, head)`.
 import triton
 import triton.language as tl
 
-# An 8-bit middle's scores are computed in fp16 from the query times 2^-8: queries up to 1.6e7 stay finite, and the
-# fp16 rounding of small query entries (absolute step 2^-16 after scaling back) is far below the codes' own error.
-HALF_QUERY_SCALE = tl.constexpr(2.0**-8)
-HALF_QUERY_SCALE_INV = tl.constexpr(2.0**8)
-
 
 @triton.jit
 def online_softmax_step(
@@ -51,46 +46,13 @@ def attend_full_tile(
 
 
 @triton.jit
-def load_query_part(p_q, p_channels, m_g, OFF: tl.constexpr, P: tl.constexpr, UPCAST: tl.constexpr, HALF: tl.constexpr):
-    # The query's kept channels OFF .. OFF + P of this head, gathered: [BLOCK_G, P]; with HALF, times
-    # HALF_QUERY_SCALE in fp16.
+def load_query_part(p_q, p_channels, m_g, OFF: tl.constexpr, P: tl.constexpr, UPCAST: tl.constexpr):
+    # The query's kept channels OFF .. OFF + P of this head, gathered: [BLOCK_G, P]
     channels = tl.load(p_channels + OFF + tl.arange(0, P))
     q = tl.load(p_q[:, None] + channels[None, :], mask=m_g[:, None], other=0.0)
     if UPCAST:
         q = q.to(tl.float32)
-    elif HALF:
-        q = (q.to(tl.float32) * HALF_QUERY_SCALE).to(tl.float16)
     return q
-
-
-@triton.jit
-def int8_to_half(codes):
-    # Exact int8 -> fp16 without integer-to-float conversions (a slow pipe): byte b ^ 0x80 = b + 128 under the high
-    # byte 0x64 is the fp16 number 1024 + b + 128; subtracting 1152 (0x6480) leaves b. Four codes per register.
-    return tl.inline_asm_elementwise(
-        asm="""{
-        .reg .b32 biased, offset;
-        xor.b32 biased, $2, 0x80808080;
-        mov.b32 offset, 0x64806480;
-        prmt.b32 $0, biased, 0x64646464, 0x5140;
-        prmt.b32 $1, biased, 0x64646464, 0x7362;
-        sub.f16x2 $0, $0, offset;
-        sub.f16x2 $1, $1, offset;
-        }""",
-        constraints="=r,=r,r",
-        args=[codes],
-        dtype=tl.float16,
-        is_pure=True,
-        pack=4,
-    )
-
-
-@triton.jit
-def codes_to_half(codes):
-    # 8-bit middle codes to fp16, exactly: int8 by int8_to_half, FP8 e4m3 by the hardware's paired conversion.
-    if codes.dtype == tl.int8:
-        return int8_to_half(codes)
-    return codes.to(tl.float16)
 
 
 @triton.jit
@@ -105,15 +67,11 @@ def middle_part_scores(
     P: tl.constexpr,
     UPCAST: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
-    HALF: tl.constexpr,
 ):
     # Keys of one tile are a contiguous [BLOCK_N, W] block; this reads its columns OFF .. OFF + P. Converted to the
-    # query's dtype: fp32 when interpreting (UPCAST), fp16 for 8-bit codes with a 16-bit query (HALF).
+    # query's dtype: fp32 when interpreting (UPCAST), and 8-bit codes to the model's dtype.
     k = tl.load(p_k + o_n[:, None] * W + OFF + tl.arange(0, P)[None, :], mask=valid[:, None], other=0.0)
-    if HALF:
-        k = codes_to_half(k)
-    else:
-        k = k.to(q.dtype)
+    k = k.to(q.dtype)
     return scores + tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
 
 
@@ -146,9 +104,6 @@ def attend_middle(
 ):
     # With QUANT, p_key_scale / p_value_scale point at this head's fp32 scales of middle index 0 (unread otherwise).
     # A width W (multiple of 16) is read as power-of-two column parts, e.g. 96 = 64 + 32, each fully vectorised.
-    # An 8-bit middle with a 16-bit query (HALF) is multiplied in fp16, where int8 and e4m3 codes convert exactly and
-    # cheaply; the query is scaled into fp16's range first (HALF_QUERY_SCALE) and the scores scaled back.
-    HALF: tl.constexpr = QUANT and not UPCAST and p_q.dtype.element_ty != tl.float32
     P256: tl.constexpr = W & 256
     P128: tl.constexpr = W & 128
     P64: tl.constexpr = W & 64
@@ -159,17 +114,15 @@ def attend_middle(
     O32: tl.constexpr = W - W % 64
     O16: tl.constexpr = W - W % 32
     if P256:
-        q256 = load_query_part(p_q, p_channels, m_g, 0, 256, UPCAST, HALF)
+        q256 = load_query_part(p_q, p_channels, m_g, 0, 256, UPCAST)
     if P128:
-        q128 = load_query_part(p_q, p_channels, m_g, O128, 128, UPCAST, HALF)
+        q128 = load_query_part(p_q, p_channels, m_g, O128, 128, UPCAST)
     if P64:
-        q64 = load_query_part(p_q, p_channels, m_g, O64, 64, UPCAST, HALF)
+        q64 = load_query_part(p_q, p_channels, m_g, O64, 64, UPCAST)
     if P32:
-        q32 = load_query_part(p_q, p_channels, m_g, O32, 32, UPCAST, HALF)
+        q32 = load_query_part(p_q, p_channels, m_g, O32, 32, UPCAST)
     if P16:
-        q16 = load_query_part(p_q, p_channels, m_g, O16, 16, UPCAST, HALF)
-    if HALF:
-        scale_log2 = scale_log2 * HALF_QUERY_SCALE_INV
+        q16 = load_query_part(p_q, p_channels, m_g, O16, 16, UPCAST)
     o_n = tl.arange(0, BLOCK_N)
     o_d = tl.arange(0, BLOCK_D)
     m_d = o_d < HEAD_DIM
@@ -182,22 +135,20 @@ def attend_middle(
             valid &= tl.load(p_key_mask + start + o_n, mask=valid, other=0) != 0
         scores = tl.zeros([BLOCK_G, BLOCK_N], dtype=tl.float32)
         if P256:
-            scores = middle_part_scores(scores, q256, p_k_tile, o_n, valid, W, 0, 256, UPCAST, DOT_PRECISION, HALF)
+            scores = middle_part_scores(scores, q256, p_k_tile, o_n, valid, W, 0, 256, UPCAST, DOT_PRECISION)
         if P128:
-            scores = middle_part_scores(scores, q128, p_k_tile, o_n, valid, W, O128, 128, UPCAST, DOT_PRECISION, HALF)
+            scores = middle_part_scores(scores, q128, p_k_tile, o_n, valid, W, O128, 128, UPCAST, DOT_PRECISION)
         if P64:
-            scores = middle_part_scores(scores, q64, p_k_tile, o_n, valid, W, O64, 64, UPCAST, DOT_PRECISION, HALF)
+            scores = middle_part_scores(scores, q64, p_k_tile, o_n, valid, W, O64, 64, UPCAST, DOT_PRECISION)
         if P32:
-            scores = middle_part_scores(scores, q32, p_k_tile, o_n, valid, W, O32, 32, UPCAST, DOT_PRECISION, HALF)
+            scores = middle_part_scores(scores, q32, p_k_tile, o_n, valid, W, O32, 32, UPCAST, DOT_PRECISION)
         if P16:
-            scores = middle_part_scores(scores, q16, p_k_tile, o_n, valid, W, O16, 16, UPCAST, DOT_PRECISION, HALF)
+            scores = middle_part_scores(scores, q16, p_k_tile, o_n, valid, W, O16, 16, UPCAST, DOT_PRECISION)
         v = tl.load(p_v_tile + o_n[:, None] * stride_vt + o_d[None, :], mask=valid[:, None] & m_d[None, :], other=0.0)
         if UPCAST:
             v = v.to(tl.float32)
-        elif HALF:
-            v = codes_to_half(v)
         elif QUANT:
-            v = v.to(tl.float32)
+            v = v.to(p_q.dtype.element_ty)
         v_scale = 0.0
         if QUANT:  # q . (s k) = s (q . k); the value scales go to the probabilities
             scores = scores * tl.load(p_key_scale + start + o_n, mask=valid, other=0.0)[None, :]
