@@ -35,7 +35,10 @@ def _filled_layer(mask: torch.Tensor, quant: str, dtype: torch.dtype, pads: list
 @pytest.mark.parametrize(("dtype", "atol"), [(torch.float32, 1e-5), (torch.float16, 2e-3)])
 @pytest.mark.parametrize("steps", [1, 60])
 @pytest.mark.parametrize("quant", ["int8", "fp8"])
-def test_triton_custom_op_reads_the_8bit_middle(quant: str, steps: int, dtype: torch.dtype, atol: float) -> None:
+@pytest.mark.parametrize("block_n", [16, None], ids=["block16", "default-block"])
+def test_triton_custom_op_reads_the_8bit_middle(
+    quant: str, steps: int, dtype: torch.dtype, atol: float, block_n: int | None
+) -> None:
     if quant == "fp8" and DEVICE == "cuda" and not has_fp8(torch.device(DEVICE)):
         pytest.skip("FP8 e4m3 needs compute capability 8.9 or newer")
     mask = torch.zeros(3, 32, dtype=torch.bool)
@@ -47,7 +50,7 @@ def test_triton_custom_op_reads_the_8bit_middle(quant: str, steps: int, dtype: t
     kv.key_mask[0, 20:31] = False
     query = torch.randn(2, 6, 1, 32, dtype=dtype, device=DEVICE)
     expected = leank_static_decode_torch(query, kv, scale=0.2)
-    actual = leank_static_decode_triton(query, kv, scale=0.2, block_n=16)
+    actual = leank_static_decode_triton(query, kv, scale=0.2, block_n=block_n)  # None: launch.tile_settings
     torch.testing.assert_close(actual.float(), expected.float(), rtol=0, atol=atol)
     assert int(kv.counters.abs().sum()) == 0
 

@@ -241,7 +241,10 @@ def test_kernel_reads_an_8bit_middle(widths, head_dim, group, length, pads, hole
     )  # fmt: skip
     assert case.kv.mid_keys.dtype == (torch.int8 if quant == "int8" else torch.float8_e4m3fn)
     out = triton_decode.leank_decode_fwd(case.query, case.kv, 0.125, num_splits=3, block_n=16)
-    assert_close(out, dense_reference(case, 0.125), atol, rtol)
+    expected = dense_reference(case, 0.125)
+    assert_close(out, expected, atol, rtol)
+    # the default launch of an 8-bit middle (launch.tile_settings: 128-key tiles)
+    assert_close(triton_decode.leank_decode_triton(case.query, case.kv, scale=0.125), expected, atol, rtol)
     finite = make_case(
         widths=widths, head_dim=head_dim, group=group, length=length, pads=pads, dtype=dtype, seed=length,
         holes=holes or None, quant=quant, mid_past_boundary=5, filler=7.0,
