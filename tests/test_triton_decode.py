@@ -262,6 +262,9 @@ def test_choose_splits_fills_the_gpu():
     assert launch.choose_splits(1, 6, 10**7, 64, 132)[0] == launch.MAX_SPLITS  # no length cap
     assert launch.choose_splits(64, 6, 131_000, 64, 132)[0] <= 3
     assert launch.choose_splits(4, 6, 0, 64, 132) == (0, 64)
+    # the chunk floor is in keys: 128-key tiles (8-bit middle) split batch 1 at 32K like 64-key tiles
+    assert launch.choose_splits(1, 6, 32_000, 128, 132)[0] == launch.choose_splits(1, 6, 32_000, 64, 132)[0]
+    assert launch.choose_splits(1, 6, 32_000, 128, 132)[1] % 128 == 0
 
 
 def test_rejects_unsupported_inputs():

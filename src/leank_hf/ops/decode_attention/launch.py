@@ -16,6 +16,7 @@ INTERPRETED = bool(knobs.runtime.interpret)
 CODE_DTYPES = (torch.int8, torch.float8_e4m3fn)  # an 8-bit middle's codes
 LOG2E = 1.4426950408889634
 MAX_SPLITS = 64
+MIN_CHUNK_KEYS = 512  # shortest middle chunk a program attends (8 tiles of 64 keys, 4 of 128)
 
 
 @functools.cache
@@ -28,13 +29,14 @@ def choose_splits(
 ) -> tuple[int, int]:
     """Number of middle-region splits and their length in tokens (a multiple of `block_n`).
 
-    Enough programs to give every SM `ctas_per_sm` middle chunks, but no chunk shorter than 8 tiles and at most
-    `MAX_SPLITS` chunks (the merge of many parts costs more than the parallelism gains).
+    Enough programs to give every SM `ctas_per_sm` middle chunks, but no chunk shorter than `MIN_CHUNK_KEYS` keys
+    (or one tile) and at most `MAX_SPLITS` chunks (the merge of many parts costs more than the parallelism gains). The
+    floor is in keys, not tiles, so 128-key tiles (an 8-bit middle) split a batch-1 context as finely as 64-key ones.
     """
     if num_mid <= 0 or busy_heads == 0:
         return 0, block_n
     wanted = math.ceil(num_sms * ctas_per_sm / (batch * busy_heads))
-    splits = max(1, min(wanted, MAX_SPLITS, math.ceil(num_mid / (8 * block_n))))
+    splits = max(1, min(wanted, MAX_SPLITS, math.ceil(num_mid / max(MIN_CHUNK_KEYS, block_n))))
     split_len = math.ceil(math.ceil(num_mid / splits) / block_n) * block_n
     return math.ceil(num_mid / split_len), split_len
 
