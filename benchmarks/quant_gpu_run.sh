@@ -11,12 +11,6 @@
 set -uo pipefail
 
 OUT=${OUT:-benchmarks/results/gpu_quant}
-mkdir -p "$OUT"
-export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
-export PYTHONUNBUFFERED=1
-export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
-PYTHON=${PYTHON:-python3}
-
 # shellcheck source=benchmarks/stage.sh
 source "$(dirname "${BASH_SOURCE[0]}")/stage.sh"
 

@@ -16,18 +16,14 @@ if [ -z "${WORK:-}" ]; then  # the saved model (4 GB at 8 layers) goes away with
     trap 'rm -rf "$WORK"' EXIT
 fi
 LAYERS=${LAYERS:-8}
-mkdir -p "$OUT" "$WORK"
-export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
-export PYTHONUNBUFFERED=1
-export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
+mkdir -p "$WORK"
 # NVLink SHARP / multicast stays off for NCCL, torch's symmetric memory and NVSHMEM.
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}
-PYTHON=${PYTHON:-python3}
-TORCHRUN=("$PYTHON" -m torch.distributed.run --standalone --nproc_per_node 2)
 
 # shellcheck source=benchmarks/stage.sh
 source "$(dirname "${BASH_SOURCE[0]}")/stage.sh"
+TORCHRUN=("$PYTHON" -m torch.distributed.run --standalone --nproc_per_node 2)
 
 stage env 20 bash -c "nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 nvidia-smi topo -m || true
