@@ -51,18 +51,10 @@ def add_memory(benchmarks: argparse._SubParsersAction) -> None:
         default="meta",
         help="meta: real shapes, no data, no memory (default); cpu/cuda: random values",
     )
-    parser.add_argument(
-        "--middle-quant",
-        nargs="+",
-        choices=["none", "int8", "fp8"],
-        default=["none"],
-        help="LeanKCache middle-region storage, one row each: none (bf16, default), int8, fp8 (8 bits + scales)",
-    )
+    _add_middle_quant(parser, "LeanKCache")
     add_output_options(parser)
     parser.set_defaults(
-        run=lambda args: run_memory_benchmark(
-            args.models, args.tokens, args.device, [None if quant == "none" else quant for quant in args.middle_quant]
-        )
+        run=lambda args: run_memory_benchmark(args.models, args.tokens, args.device, _middle_quants(args))
     )
 
 
@@ -106,13 +98,7 @@ def add_kernel(benchmarks: argparse._SubParsersAction) -> None:
     parser.add_argument("--batches", type=arg.sizes, default=list(DEFAULT_BATCHES), help="e.g. 1,8,32")
     parser.add_argument("--layers", type=arg.indices, default=None, help="mask layers to time (default: all)")
     parser.add_argument("--rep-ms", type=arg.positive_int, default=40, help="milliseconds of repetitions per timing")
-    parser.add_argument(
-        "--middle-quant",
-        nargs="+",
-        choices=["none", "int8", "fp8"],
-        default=["none"],
-        help="LeanK middle-region storage, one row each: none (bf16, default), int8, fp8 (8 bits + scales)",
-    )
+    _add_middle_quant(parser, "LeanK")
     add_output_options(parser)
     parser.set_defaults(
         run=lambda args: run_kernel_benchmark(
@@ -120,7 +106,7 @@ def add_kernel(benchmarks: argparse._SubParsersAction) -> None:
             args.batches,
             layers=args.layers,
             rep_ms=args.rep_ms,
-            middle_quants=[None if quant == "none" else quant for quant in args.middle_quant],
+            middle_quants=_middle_quants(args),
         )
     )
 
@@ -186,3 +172,19 @@ def run_and_save(args: argparse.Namespace) -> int:
         for path in result.save(args.output_dir, command=command):
             print(f"saved {path.resolve()}")
     return 0
+
+
+def _add_middle_quant(parser: argparse.ArgumentParser, cache: str) -> None:
+    """`--middle-quant` of the memory and kernel benchmarks: one result row per middle-region storage."""
+    parser.add_argument(
+        "--middle-quant",
+        nargs="+",
+        choices=["none", "int8", "fp8"],
+        default=["none"],
+        help=f"{cache} middle-region storage, one row each: none (bf16, default), int8, fp8 (8 bits + scales)",
+    )
+
+
+def _middle_quants(args: argparse.Namespace) -> list[str | None]:
+    """`--middle-quant` as the benchmarks take it: `None` for the model's dtype."""
+    return [None if quant == "none" else quant for quant in args.middle_quant]
