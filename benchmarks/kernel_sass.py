@@ -1,0 +1,77 @@
+"""Count the SASS instructions of the dynamic LeanK decode kernel built for sm_90, on any machine (no GPU needed).
+
+    python benchmarks/kernel_sass.py [--block-n 64] [--stages 3]
+
+Compiles `ops.decode_attention.triton._leank_decode_kernel` with Triton's bundled ptxas for a bf16 query (Llama
+shape: head_dim 128, GQA group 4) with a bf16, int8 and FP8 e4m3 middle, disassembles it with Triton's bundled
+nvdisasm and prints the instruction total and the most frequent opcodes of each build. A static count over the whole
+kernel (all eight width variants and the full region), not a profile: it shows what a storage adds per element.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import re
+import subprocess
+import tempfile
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from leank_hf.ops.decode_attention.triton import _leank_decode_kernel
+
+POINTERS = {
+    "Q": "bf16", "FULL_K": "bf16", "FULL_V": "bf16", "MID_KS": "fp32", "MID_VS": "fp32", "PAD": "i64",
+    "KEY_MASK": "u8", "WIDTHS": "i32", "CHANNELS": "i32", "OFFSETS": "i64", "VALUE_SLOTS": "i32",
+    "STORAGE_ORDER": "i64", "O_PART": "fp32", "LSE_PART": "fp32", "COUNTERS": "i32", "OUT": "bf16",
+}  # fmt: skip
+STORAGES = {"bf16": "bf16", "int8": "i8", "fp8": "fp8e4nv"}
+
+
+def compile_sm90(code_type: str, block_n: int, stages: int) -> bytes:
+    """The kernel's cubin for a middle stored as `code_type` (a Triton type name)."""
+    constants = {
+        "G": 4, "HEAD_DIM": 128, "BLOCK_G": 16, "BLOCK_N": block_n, "BLOCK_D": 128, "G_POW": 4, "MERGE_S": 16,
+        "UPCAST": False, "DOT_PRECISION": "tf32", "HAS_KEY_MASK": False, "QUANT": code_type != "bf16",
+    }  # fmt: skip
+    signature = {}
+    for name in _leank_decode_kernel.arg_names:
+        if name in ("MID_K", "MID_V"):
+            signature[name] = "*" + code_type
+        elif name in POINTERS:
+            signature[name] = "*" + POINTERS[name]
+        elif name in constants:
+            signature[name] = "constexpr"
+        else:
+            signature[name] = "fp32" if name == "scale_log2" else "i64" if name.startswith("stride") else "i32"
+    source = ASTSource(fn=_leank_decode_kernel, signature=signature, constexprs=constants)
+    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4, "num_stages": stages})
+    return compiled.asm["cubin"]
+
+
+def opcodes(cubin: bytes) -> collections.Counter:
+    nvdisasm = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "nvdisasm")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as file:
+        file.write(cubin)
+        file.flush()
+        listing = subprocess.run([nvdisasm, "-c", file.name], capture_output=True, text=True, check=True).stdout
+    found = re.finditer(r"/\*[0-9a-f]{4,6}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]+)", listing)
+    return collections.Counter(match.group(1) for match in found)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--block-n", type=int, default=64)
+    parser.add_argument("--stages", type=int, default=3)
+    args = parser.parse_args()
+    for storage, code_type in STORAGES.items():
+        counts = opcodes(compile_sm90(code_type, args.block_n, args.stages))
+        common = ", ".join(f"{op} {n}" for op, n in counts.most_common(8))
+        print(f"{storage:5s} middle: {sum(counts.values()):6d} instructions ({common})", flush=True)
+
+
+if __name__ == "__main__":
+    main()
