@@ -37,6 +37,9 @@ def compile_sm90(code_type: str, block_n: int, stages: int) -> bytes:
         "G": 4, "HEAD_DIM": 128, "BLOCK_G": 16, "BLOCK_N": block_n, "BLOCK_D": 128, "G_POW": 4, "MERGE_S": 16,
         "UPCAST": False, "DOT_PRECISION": "tf32", "HAS_KEY_MASK": False, "QUANT": code_type != "bf16",
     }  # fmt: skip
+    # As the JIT specializes a launch on the cache: the unit stride of the values' contiguous dimension (channels
+    # for the model's dtype, tokens for 8-bit codes) and 16-divisible pointers and strides.
+    constants["stride_mvd" if code_type == "bf16" else "stride_mvt"] = 1
     signature = {}
     for name in _leank_decode_kernel.arg_names:
         if name in ("MID_K", "MID_V"):
@@ -47,7 +50,12 @@ def compile_sm90(code_type: str, block_n: int, stages: int) -> bytes:
             signature[name] = "constexpr"
         else:
             signature[name] = "fp32" if name == "scale_log2" else "i64" if name.startswith("stride") else "i32"
-    source = ASTSource(fn=_leank_decode_kernel, signature=signature, constexprs=constants)
+    aligned = {
+        (index,): [["tt.divisibility", 16]]
+        for index, name in enumerate(_leank_decode_kernel.arg_names)
+        if signature[name].startswith("*") or name.startswith("stride")
+    }
+    source = ASTSource(fn=_leank_decode_kernel, signature=signature, constexprs=constants, attrs=aligned)
     compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4, "num_stages": stages})
     return compiled.asm["cubin"]
 

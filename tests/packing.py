@@ -3,15 +3,15 @@
 The library's `HeadLayout` / `CompactKV` are only the containers filled here; which key is stored where follows the
 `CompactKV` docstring. Every stored element no query row may read (left pads, each row's sink tokens in the middle,
 masked keys, sink slots past the sequence) holds `filler`; spare capacity always holds NaN. An 8-bit middle
-(`quant`) stores the codes and scales of `reference.quantize`; its unreadable slots hold `filler` scales and codes
-of the largest int8 value (int8) or `filler` (fp8), its spare scales NaN.
+(`quant`) stores the codes and scales of `reference.quantize`, values channel-major as the caches store them; its
+unreadable slots hold `filler` scales and the largest code, its spare scales NaN.
 """
 
 from __future__ import annotations
 
 import torch
 
-from leank_hf.ops.decode_attention.layout import CompactKV, HeadLayout
+from leank_hf.ops.decode_attention.layout import CompactKV, HeadLayout, middle_values_like
 from reference import QUANT_FORMATS, quantize
 
 
@@ -87,11 +87,11 @@ def pack_compact(
                         codes, value_scales[b, slot, t] = quantize(values[b, h, sink + t], quant)
                         mid_values[b, slot, t] = codes.float()
     if quant is not None:
-        # NaN fillers become the largest int8 code (the NaN scale still poisons a read of it).
-        code_dtype = QUANT_FORMATS[quant][1]
-        nan_code = 127.0 if quant == "int8" else nan
-        mid_keys = torch.nan_to_num(mid_keys.float(), nan=nan_code).to(code_dtype)
-        mid_values = torch.nan_to_num(mid_values.float(), nan=nan_code).to(code_dtype)
+        # NaN fillers become the largest code (the NaN scale still poisons a read of it): the kernels load 8-bit
+        # values in whole 16-token groups and give the unreadable ones zero weight, which a NaN code would defeat.
+        code_dtype, qmax = QUANT_FORMATS[quant][1], QUANT_FORMATS[quant][0]
+        mid_keys = torch.nan_to_num(mid_keys.float(), nan=qmax).to(code_dtype)
+        mid_values = middle_values_like(torch.nan_to_num(mid_values.float(), nan=qmax).to(code_dtype))
     kv = CompactKV(
         layout=layout,
         full_keys=full_keys,

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import torch
 
-from .ops.decode_attention.layout import HeadLayout, WidthGroup
+from .ops.decode_attention.layout import HeadLayout, WidthGroup, middle_values_like, new_middle_values
 from .ops.decode_attention.quantization import MiddleQuant, quantize_rows, quantize_segments
 
 logger = logging.getLogger(__name__)
@@ -27,7 +27,8 @@ _MAX_GROWTH = 16
 
 
 class MiddleRegion:
-    """`capacity` middle tokens per batch row: `keys [B, capacity * C]` and `values [B, NV, capacity, D]`.
+    """`capacity` middle tokens per batch row: `keys [B, capacity * C]` and `values [B, NV, capacity, D]` (8-bit values
+    channel-major, see `ops.decode_attention.layout`).
 
     With `quant`, both hold 8-bit codes and `key_scales`/`value_scales` `[B, NV, capacity]` (fp32, KV heads in
     storage order, as the values) their scales; without it they hold the model's dtype and the scales are `None`.
@@ -63,7 +64,7 @@ class MiddleRegion:
         stored = dtype if quant is None else quant.dtype
         num_value_heads = layout.num_value_heads
         self.keys = torch.zeros(batch, capacity * layout.total_width, dtype=stored, device=device)
-        self.values = torch.zeros(batch, num_value_heads, capacity, layout.head_dim, dtype=stored, device=device)
+        self.values = new_middle_values(batch, num_value_heads, capacity, layout.head_dim, stored, device)
         self.key_scales = self.value_scales = None
         if quant is not None:
             self.key_scales = torch.zeros(batch, num_value_heads, capacity, dtype=torch.float32, device=device)
@@ -141,6 +142,7 @@ class MiddleRegion:
         """Replace keys, values (and scales) by `function` of them (a batch reorder or selection)."""
         for name in self._stored():
             setattr(self, name, function(getattr(self, name)))
+        self.values = middle_values_like(self.values)
 
     def copy_batch_(self, index: torch.Tensor) -> None:
         """Reorder the batch rows in place (addresses stay fixed)."""

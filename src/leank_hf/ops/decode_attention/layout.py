@@ -8,7 +8,10 @@ contiguous `[mid_cap, width]` block starting at element `mid_cap * offsets[h]`:
 
 so a run of equal-width heads is one `[n, mid_cap, width]` view, and a kernel reads each head contiguously.
 Middle values `mid_values [B, num_value_heads, mid_cap, head_dim]` hold only heads with a kept channel, in storage
-order (`value_slots[h]`, -1 for zero-width heads).
+order (`value_slots[h]`, -1 for zero-width heads). In the model's dtype they are token-major (`stride(-1) == 1`); 8-bit
+codes are channel-major (`stride(-2) == 1`) with room for whole 16-token groups (`new_middle_values`): the
+probabilities-times-values product reduces over tokens, and 8-bit matrix operands load fast only when that dimension
+is contiguous and aligned.
 """
 
 from __future__ import annotations
@@ -28,6 +31,43 @@ class WidthGroup(NamedTuple):
     count: int  # number of heads
     width: int  # kept channels of each head
     offset: int  # compact channel offset of the first head (= offsets of that head)
+
+
+CODE_GROUP = 16  # 8-bit values are read in whole groups of this many tokens (aligned, vectorised loads)
+
+
+def code_capacity(capacity: int) -> int:
+    """Tokens an 8-bit value buffer of `capacity` tokens holds: whole `CODE_GROUP`s."""
+    return -(-capacity // CODE_GROUP) * CODE_GROUP
+
+
+def new_middle_values(
+    batch: int, num_value_heads: int, capacity: int, head_dim: int, dtype: torch.dtype, device: torch.device | str
+) -> torch.Tensor:
+    """Zeroed `mid_values [B, NV, capacity, D]`: token-major for the model's dtype; for 8-bit codes channel-major, a
+    view of `[B, NV, D, code_capacity(capacity)]` (the kernels read whole token groups, whose spare codes stay finite
+    and get zero weight)."""
+    if dtype.itemsize != 1:
+        return torch.zeros(batch, num_value_heads, capacity, head_dim, dtype=dtype, device=device)
+    storage = torch.zeros(batch, num_value_heads, head_dim, code_capacity(capacity), dtype=dtype, device=device)
+    return storage.transpose(2, 3)[:, :, :capacity]
+
+
+def has_value_storage(values: torch.Tensor) -> bool:
+    """Whether `values` is stored as `new_middle_values` stores its dtype."""
+    if values.dtype.itemsize != 1:
+        return values.stride(-1) == 1
+    return values.stride(2) == 1 and values.stride(3) >= code_capacity(values.shape[2])
+
+
+def middle_values_like(values: torch.Tensor) -> torch.Tensor:
+    """`values` (e.g. a batch selection of `mid_values`) stored as `new_middle_values` stores its dtype; a copy
+    unless it already is."""
+    if has_value_storage(values):
+        return values
+    stored = new_middle_values(*values.shape[:3], values.shape[3], values.dtype, values.device)
+    stored.copy_(values)
+    return stored
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ region, ~3x the bytes of a middle chunk, is no straggler), the others chunks of 
 of each `(row, head)` merges the parts. What differs: the grid is fixed by the cache's capacity (`num_splits` chunks
 of `split_len` tokens cover `mid_cap`), and the query slot is read from device memory, so the window boundary and the
 live middle length are computed in the kernel; chunks past the live length store an empty part and return. An 8-bit
-middle is read as in `triton.py` (codes converted in registers, scales on scores and probabilities).
+middle is read as in `triton.py` (codes converted in registers to fp16, scales on scores and probabilities).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def _leank_static_decode_kernel(
     stride_qb, stride_qh,
     stride_fb, stride_fh, stride_ft,
     stride_mkb,
-    stride_mvb, stride_mvh, stride_mvt,
+    stride_mvb, stride_mvh, stride_mvt, stride_mvd,
     stride_msb, stride_msh,
     stride_maskb,
     scale_log2,
@@ -88,7 +88,7 @@ def _leank_static_decode_kernel(
             for i_w in tl.static_range(1, HEAD_DIM // 16 + 1):
                 if width == i_w * 16:
                     m_i, l_i, acc = attend_middle(
-                        m_i, l_i, acc, p_q, p_channels, m_g, p_k, p_v, stride_mvt,
+                        m_i, l_i, acc, p_q, p_channels, m_g, p_k, p_v, stride_mvt, stride_mvd,
                         KEY_MASK + i_b * stride_maskb + SINK, t_start, t_stop, scale_log2, MID_KS + scale_offset,
                         MID_VS + scale_offset, i_w * 16, BLOCK_G, BLOCK_N, BLOCK_D, HEAD_DIM, UPCAST, DOT_PRECISION,
                         HAS_KEY_MASK, QUANT,
@@ -152,7 +152,7 @@ def static_decode(
         query.stride(0), query.stride(1),
         full_keys.stride(0), full_keys.stride(1), full_keys.stride(2),
         mid_keys.stride(0),
-        mid_values.stride(0), mid_values.stride(1), mid_values.stride(2),
+        mid_values.stride(0), mid_values.stride(1), mid_values.stride(2), mid_values.stride(3),
         *scale_strides,
         mask.stride(0),
         scale * LOG2E,

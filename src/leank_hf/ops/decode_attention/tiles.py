@@ -10,20 +10,38 @@ import triton.language as tl
 
 
 @triton.jit
-def online_softmax_step(
-    scores, valid, v, m_i, l_i, acc, v_scale, DOT_PRECISION: tl.constexpr, SCALE_V: tl.constexpr
-):  # fmt: skip
-    # scores [BLOCK_G, BLOCK_N] fp32 (log2 domain), valid [BLOCK_N], v [BLOCK_N, BLOCK_D]; with SCALE_V the stored
-    # value of key n is v_scale[n] * v[n] (an 8-bit middle), applied to the probabilities: (p * s) @ v.
+def online_softmax_step(scores, valid, v, m_i, l_i, acc, DOT_PRECISION: tl.constexpr):
+    # scores [BLOCK_G, BLOCK_N] fp32 (log2 domain), valid [BLOCK_N], v [BLOCK_N, BLOCK_D].
     scores = tl.where(valid[None, :], scores, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(scores, 1))
     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
     alpha = tl.exp2(m_i - m_safe)
     p = tl.exp2(scores - m_safe[:, None])
     l_i = l_i * alpha + tl.sum(p, 1)
-    if SCALE_V:
-        p = p * v_scale[None, :]
     acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+    return m_new, l_i, acc
+
+
+@triton.jit
+def scaled_softmax_step(scores, row_scale, valid, v, m_i, l_i, acc, v_scale, DOT_PRECISION: tl.constexpr):
+    # online_softmax_step for an 8-bit middle, whose value operand may be fp16. The logits (log2 domain) are
+    # scores * row_scale[:, None] (row_scale > 0), taken in one multiply-add with the exponent's offset. Probabilities
+    # are relative to the tile's own best key (<= 1, exactly 1 there) and value scales to the tile's largest, so the
+    # operand p * s / max(s) lies in [0, 1] whatever the logits and scales; both factors go back on the product in fp32.
+    scores = tl.where(valid[None, :], scores, float("-inf"))
+    tile_max = tl.max(scores, 1) * row_scale
+    m_new = tl.maximum(m_i, tile_max)
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    t_safe = tl.where(tile_max == float("-inf"), m_safe, tile_max)
+    alpha = tl.exp2(m_i - m_safe)
+    beta = tl.exp2(t_safe - m_safe)
+    p = tl.exp2(scores * row_scale[:, None] - t_safe[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1) * beta
+    v_max = tl.max(v_scale, 0)
+    v_max = tl.where(v_max > 0, v_max, 1.0)
+    w = p * (v_scale * (1.0 / v_max))[None, :]
+    pv = tl.dot(w.to(v.dtype), v, input_precision=DOT_PRECISION)
+    acc = acc * alpha[:, None] + pv * (beta * v_max)[:, None]
     return m_new, l_i, acc
 
 
@@ -42,7 +60,7 @@ def attend_full_tile(
         k = k.to(tl.float32)
         v = v.to(tl.float32)
     scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale_log2
-    return online_softmax_step(scores, valid, v, m_i, l_i, acc, 0.0, DOT_PRECISION, False)
+    return online_softmax_step(scores, valid, v, m_i, l_i, acc, DOT_PRECISION)
 
 
 @triton.jit
@@ -53,6 +71,38 @@ def load_query_part(p_q, p_channels, m_g, OFF: tl.constexpr, P: tl.constexpr, UP
     if UPCAST:
         q = q.to(tl.float32)
     return q
+
+
+@triton.jit
+def int8_to_half(codes):
+    # Exact int8 -> fp16 without integer-to-float conversions (a slow pipe): code b ^ 0x80 is b + 128, and as the low
+    # byte under a high byte 0x64 the fp16 number 1024 + b + 128; subtracting 1152 (0x6480) leaves b. Four codes per
+    # 32-bit register: one xor, two byte permutes and two paired subtractions.
+    return tl.inline_asm_elementwise(
+        asm="""{
+        .reg .b32 biased, offset;
+        xor.b32 biased, $2, 0x80808080;
+        mov.b32 offset, 0x64806480;
+        prmt.b32 $0, biased, 0x64646464, 0x5140;
+        prmt.b32 $1, biased, 0x64646464, 0x7362;
+        sub.f16x2 $0, $0, offset;
+        sub.f16x2 $1, $1, offset;
+        }""",
+        constraints="=r,=r,r",
+        args=[codes],
+        dtype=tl.float16,
+        is_pure=True,
+        pack=4,
+    )
+
+
+@triton.jit
+def codes_to(x, dtype: tl.constexpr):
+    # A tile of the middle in `dtype`: int8 codes to fp16 by int8_to_half, everything else by a cast (exact for int8
+    # and e4m3 codes, which fp16 and fp32 represent exactly; e4m3 to fp16 is one paired hardware conversion).
+    if x.dtype == tl.int8 and dtype == tl.float16:
+        return int8_to_half(x)
+    return x.to(dtype)
 
 
 @triton.jit
@@ -68,11 +118,22 @@ def middle_part_scores(
     UPCAST: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
-    # Keys of one tile are a contiguous [BLOCK_N, W] block; this reads its columns OFF .. OFF + P. Converted to the
-    # query's dtype: fp32 when interpreting (UPCAST), and 8-bit codes to the model's dtype.
+    # Keys of one tile are a contiguous [BLOCK_N, W] block; this reads its columns OFF .. OFF + P, converted to the
+    # dtype of q (fp32 when interpreting; fp16 for 8-bit codes and a 16-bit model, see attend_middle).
     k = tl.load(p_k + o_n[:, None] * W + OFF + tl.arange(0, P)[None, :], mask=valid[:, None], other=0.0)
-    k = k.to(q.dtype)
+    k = codes_to(k, q.dtype)
     return scores + tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
+
+
+@triton.jit
+def row_abs_max(q):
+    return tl.max(tl.abs(q.to(tl.float32)), 1)
+
+
+@triton.jit
+def normalized_query_part(q, inv_max, dtype: tl.constexpr):
+    # q [BLOCK_G, P] divided by its rows' largest kept entry, in the middle's product dtype
+    return (q.to(tl.float32) * inv_max[:, None]).to(dtype)
 
 
 @triton.jit
@@ -86,6 +147,7 @@ def attend_middle(
     p_k,
     p_v,
     stride_vt,
+    stride_vd,
     p_key_mask,
     t_start,
     t_stop,
@@ -102,8 +164,12 @@ def attend_middle(
     HAS_KEY_MASK: tl.constexpr,
     QUANT: tl.constexpr,
 ):
-    # With QUANT, p_key_scale / p_value_scale point at this head's fp32 scales of middle index 0 (unread otherwise).
     # A width W (multiple of 16) is read as power-of-two column parts, e.g. 96 = 64 + 32, each fully vectorised.
+    # Values are read with both strides (8-bit codes are stored channel-major, the model's dtype token-major).
+    # With QUANT, p_key_scale / p_value_scale point at this head's fp32 scales of middle index 0 (unread otherwise),
+    # and the products run in fp16 for a 16-bit model (fp32 for an fp32 one or when interpreting): the codes convert
+    # exactly, the query is divided by its largest kept entry (|q| <= 1) and the scores multiplied back, the value
+    # operand is bounded by scaled_softmax_step.
     P256: tl.constexpr = W & 256
     P128: tl.constexpr = W & 128
     P64: tl.constexpr = W & 64
@@ -113,6 +179,8 @@ def attend_middle(
     O64: tl.constexpr = W - W % 128
     O32: tl.constexpr = W - W % 64
     O16: tl.constexpr = W - W % 32
+    HALF: tl.constexpr = QUANT and not UPCAST and p_q.dtype.element_ty != tl.float32
+    CODE_DTYPE: tl.constexpr = tl.float16 if HALF else tl.float32
     if P256:
         q256 = load_query_part(p_q, p_channels, m_g, 0, 256, UPCAST)
     if P128:
@@ -123,14 +191,47 @@ def attend_middle(
         q32 = load_query_part(p_q, p_channels, m_g, O32, 32, UPCAST)
     if P16:
         q16 = load_query_part(p_q, p_channels, m_g, O16, 16, UPCAST)
+    row_scale = tl.zeros([BLOCK_G], dtype=tl.float32) + scale_log2
+    if QUANT:
+        q_max = tl.zeros([BLOCK_G], dtype=tl.float32)
+        if P256:
+            q_max = tl.maximum(q_max, row_abs_max(q256))
+        if P128:
+            q_max = tl.maximum(q_max, row_abs_max(q128))
+        if P64:
+            q_max = tl.maximum(q_max, row_abs_max(q64))
+        if P32:
+            q_max = tl.maximum(q_max, row_abs_max(q32))
+        if P16:
+            q_max = tl.maximum(q_max, row_abs_max(q16))
+        q_max = tl.where(q_max > 0, q_max, 1.0)
+        inv_max = 1.0 / q_max
+        row_scale = row_scale * q_max
+        if P256:
+            q256 = normalized_query_part(q256, inv_max, CODE_DTYPE)
+        if P128:
+            q128 = normalized_query_part(q128, inv_max, CODE_DTYPE)
+        if P64:
+            q64 = normalized_query_part(q64, inv_max, CODE_DTYPE)
+        if P32:
+            q32 = normalized_query_part(q32, inv_max, CODE_DTYPE)
+        if P16:
+            q16 = normalized_query_part(q16, inv_max, CODE_DTYPE)
     o_n = tl.arange(0, BLOCK_N)
     o_d = tl.arange(0, BLOCK_D)
     m_d = o_d < HEAD_DIM
+    # With QUANT, tiles start on a 16-token boundary, so the values (channel-major codes) load aligned; they are read
+    # in whole groups of 16 tokens (an unmasked run per channel; the storage has room, layout.new_middle_values),
+    # keys and scales only where valid.
+    t_first = t_start // 16 * 16 if QUANT else t_start
+    t_groups = (t_stop + 15) // 16 * 16
     # 64-bit tile pointers advanced per tile; in-tile offsets stay 32-bit.
-    p_k_tile = p_k + t_start.to(tl.int64) * W
-    p_v_tile = p_v + t_start.to(tl.int64) * stride_vt
-    for start in range(t_start, t_stop, BLOCK_N):
+    p_k_tile = p_k + t_first.to(tl.int64) * W
+    p_v_tile = p_v + t_first.to(tl.int64) * stride_vt
+    for start in range(t_first, t_stop, BLOCK_N):
         valid = start + o_n < t_stop
+        if QUANT:
+            valid &= start + o_n >= t_start
         if HAS_KEY_MASK:  # mask bytes of this tile's global slots (p_key_mask points at middle index 0)
             valid &= tl.load(p_key_mask + start + o_n, mask=valid, other=0) != 0
         scores = tl.zeros([BLOCK_G, BLOCK_N], dtype=tl.float32)
@@ -144,16 +245,21 @@ def attend_middle(
             scores = middle_part_scores(scores, q32, p_k_tile, o_n, valid, W, O32, 32, UPCAST, DOT_PRECISION)
         if P16:
             scores = middle_part_scores(scores, q16, p_k_tile, o_n, valid, W, O16, 16, UPCAST, DOT_PRECISION)
-        v = tl.load(p_v_tile + o_n[:, None] * stride_vt + o_d[None, :], mask=valid[:, None] & m_d[None, :], other=0.0)
-        if UPCAST:
-            v = v.to(tl.float32)
-        elif QUANT:
-            v = v.to(p_q.dtype.element_ty)
-        v_scale = 0.0
+        p_v_block = p_v_tile + o_n[:, None] * stride_vt + o_d[None, :] * stride_vd
+        v_rows = (start + o_n < t_groups) if QUANT else valid
+        v = tl.load(p_v_block, mask=v_rows[:, None] & m_d[None, :], other=0.0)
         if QUANT:  # q . (s k) = s (q . k); the value scales go to the probabilities
-            scores = scores * tl.load(p_key_scale + start + o_n, mask=valid, other=0.0)[None, :]
-            v_scale = tl.load(p_value_scale + start + o_n, mask=valid, other=0.0)
-        m_i, l_i, acc = online_softmax_step(scores * scale_log2, valid, v, m_i, l_i, acc, v_scale, DOT_PRECISION, QUANT)
+            v = codes_to(v, CODE_DTYPE)
+            key_scale = tl.load(p_key_scale + start + o_n, mask=valid, other=0.0)
+            value_scale = tl.load(p_value_scale + start + o_n, mask=valid, other=0.0)
+            scores = scores * key_scale[None, :]
+            m_i, l_i, acc = scaled_softmax_step(
+                scores, row_scale, valid, v, m_i, l_i, acc, value_scale, DOT_PRECISION
+            )  # fmt: skip
+        else:
+            if UPCAST:
+                v = v.to(tl.float32)
+            m_i, l_i, acc = online_softmax_step(scores * scale_log2, valid, v, m_i, l_i, acc, DOT_PRECISION)
         p_k_tile += BLOCK_N * W
         p_v_tile += BLOCK_N * stride_vt
     return m_i, l_i, acc

@@ -10,9 +10,11 @@ each attend one chunk of the compact middle region, reading the head's contiguou
 program writes a normalised partial output and its log-sum-exp (base 2) in fp32, then bumps a per-(row, head)
 counter; the program that finishes last merges the parts of its query heads and resets the counter to zero.
 
-An 8-bit middle (`QUANT`; `ops.decode_attention.quantization`) is read as codes: each tile's codes are converted in
-registers to the query's dtype (exact for int8 and e4m3 codes), its key scales multiply the tile's scores and its
-value scales the probabilities before the value product; the softmax and the accumulation stay fp32.
+An 8-bit middle (`QUANT`; `ops.decode_attention.quantization`) is read as codes, its values channel-major: each
+tile's codes are converted in registers to fp16 (exact for int8 and e4m3 codes; fp32 for an fp32 model), multiplied
+with the query divided by its largest entry, and the key scales and that divisor multiply the tile's scores; the value
+scales go to the probabilities before the value product (`tiles.scaled_softmax_step`). Softmax and accumulation stay
+fp32.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ def _leank_decode_kernel(
     stride_fkb, stride_fkh, stride_fkt,
     stride_fvb, stride_fvh, stride_fvt,
     stride_mkb,
-    stride_mvb, stride_mvh, stride_mvt,
+    stride_mvb, stride_mvh, stride_mvt, stride_mvd,
     stride_msb, stride_msh,
     stride_kmb,
     scale_log2,
@@ -117,6 +119,7 @@ def _leank_decode_kernel(
                         p_k,
                         p_v,
                         stride_mvt,
+                        stride_mvd,
                         p_key_mask + sink_size,
                         t_start,
                         t_stop,
@@ -196,7 +199,7 @@ def _check_inputs(query: torch.Tensor, kv: CompactKV) -> None:
         if tensor.device != query.device:
             raise LeanKUsageError(f"`{name}` is on {tensor.device} but the query is on {query.device}")
     check_middle_dtypes(query, kv.mid_keys, kv.mid_values, kv.mid_key_scales, kv.mid_value_scales, kv.mid_cap)
-    for name in ("full_keys", "full_values", "mid_keys", "mid_values"):
+    for name in ("full_keys", "full_values", "mid_keys"):
         tensor = tensors[name]
         if name.startswith("full") and tensor.dtype != query.dtype:
             raise LeanKUsageError(f"`{name}` has dtype {tensor.dtype} but the query has {query.dtype}")
@@ -282,7 +285,7 @@ def leank_decode_fwd(
         kv.full_keys.stride(0), kv.full_keys.stride(1), kv.full_keys.stride(2),
         kv.full_values.stride(0), kv.full_values.stride(1), kv.full_values.stride(2),
         kv.mid_keys.stride(0),
-        mid_values.stride(0), mid_values.stride(1), mid_values.stride(2),
+        mid_values.stride(0), mid_values.stride(1), mid_values.stride(2), mid_values.stride(3),
         *scale_strides,
         key_mask.stride(0),
         scale * LOG2E,

@@ -27,7 +27,7 @@ from transformers.utils.logging import tqdm
 from ...contract import Windows
 from ...errors import LeanKUsageError
 from ...masks import LeanKMasks
-from ...ops.decode_attention.layout import CompactKV, HeadLayout
+from ...ops.decode_attention.layout import CompactKV, HeadLayout, middle_values_like
 from ...ops.decode_attention.quantization import FORMATS
 from . import MASK_ID, BenchmarkResult
 
@@ -119,7 +119,7 @@ def _layer_caches(
     stored = dtype if quant is None else FORMATS[quant].dtype
     # Random codes: normal values cast to the storage dtype (int8: rounded, in [-4, 4]; fp8: as e4m3).
     mid_keys = torch.randn(batch, num_mid * max_width, device="cuda").to(stored)
-    mid_values = torch.randn(batch, max_value_heads, num_mid, HEAD_DIM, device="cuda").to(stored)
+    mid_values = middle_values_like(torch.randn(batch, max_value_heads, num_mid, HEAD_DIM, device="cuda").to(stored))
     scales = None
     if quant is not None:
         scales = torch.rand(2, batch, max_value_heads, num_mid, device="cuda") / 64
