@@ -129,5 +129,6 @@ def to_device(kv: CompactKV, device: torch.device | str) -> CompactKV:
     for name in names:
         if fields[name] is not None:
             fields[name] = fields[name].to(device)
+    fields["mid_values"] = middle_values_like(fields["mid_values"])  # a copy keeps strides only when dense
     fields["layout"] = kv.layout.to(device)
     return CompactKV(**fields)

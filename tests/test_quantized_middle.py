@@ -77,9 +77,14 @@ def test_resize_batch_changes_and_bytes_keep_the_scales(quant: str) -> None:
     grown.map_batch(lambda tensor: tensor[[2, 0]])
     assert torch.equal(grown.key_scales[:, :, :4], region.key_scales[[2, 0]])
     assert torch.equal(grown.values[:, :, :4].float(), region.values[[2, 0]].float())
-    # Bytes: one byte per kept key channel and value channel, 4 per scale (2 scales per token and kept head).
+    # Value codes stay channel-major with room for whole 16-token groups (what the kernels read) through every copy.
+    for stored in (region, grown):
+        batch = stored.values.shape[0]
+        assert stored.values.stride()[2:] == (1, 16) and stored.values.untyped_storage().nbytes() == batch * 2 * 32 * 16
+    # Bytes: one byte per kept key channel and value channel, 4 per scale (2 scales per token and kept head); the
+    # allocation holds 16 value tokens per head for a capacity of 9.
     assert grown.used_bytes(5) == (2 * 5 * 40 + 2 * 2 * 5 * 4, 2 * 2 * 5 * 32 + 2 * 2 * 5 * 4)
-    assert grown.nbytes == (2 * 9 * 40 + 2 * 2 * 9 * 4, 2 * 2 * 9 * 32 + 2 * 2 * 9 * 4)
+    assert grown.nbytes == (2 * 9 * 40 + 2 * 2 * 9 * 4, 2 * 2 * 16 * 32 + 2 * 2 * 9 * 4)
 
 
 def test_format_names() -> None:

@@ -294,6 +294,21 @@ def test_gpu_default_blocks_long_context(dtype, atol, rtol):
     assert math.isfinite(float(out.float().abs().max()))
 
 
+def test_kernel_refuses_8bit_values_without_the_group_layout():
+    """8-bit values must be channel-major with room for whole 16-token groups (the kernels read them so); token-major
+    codes, or channel-major ones without the room, are refused with the fix named."""
+    case = make_case(
+        widths=[16, 32], head_dim=32, group=2, length=70, pads=[0], dtype=torch.float32, seed=3, quant="int8"
+    )
+    codes = case.kv.mid_values
+    for wrong in (codes.contiguous(), codes.transpose(2, 3).contiguous().transpose(2, 3)):
+        kv = dataclasses.replace(case.kv, mid_values=wrong)
+        with pytest.raises(
+            LeanKUsageError, match="channel-major with room for whole 16-token groups.*new_middle_values"
+        ):
+            triton_decode.leank_decode_triton(case.query, kv, scale=0.2)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA")
 @pytest.mark.parametrize("quant", ["int8", "fp8"])

@@ -13,7 +13,13 @@ from collections.abc import Callable
 
 import torch
 
-from .ops.decode_attention.layout import HeadLayout, WidthGroup, middle_values_like, new_middle_values
+from .ops.decode_attention.layout import (
+    HeadLayout,
+    WidthGroup,
+    code_capacity,
+    middle_values_like,
+    new_middle_values,
+)
 from .ops.decode_attention.quantization import MiddleQuant, quantize_rows, quantize_segments
 
 logger = logging.getLogger(__name__)
@@ -164,7 +170,9 @@ class MiddleRegion:
         """Allocated bytes of the keys and of the values, their scales included."""
         if self.quant is None:
             return self.keys.nbytes, self.values.nbytes
-        return self.keys.nbytes + self.key_scales.nbytes, self.values.nbytes + self.value_scales.nbytes
+        batch, heads, capacity, head_dim = self.values.shape
+        values = batch * heads * code_capacity(capacity) * head_dim  # channel-major rows of whole token groups
+        return self.keys.nbytes + self.key_scales.nbytes, values + self.value_scales.nbytes
 
     def used_bytes(self, tokens: int) -> tuple[int, int]:
         """Bytes of the keys and of the values of `tokens` middle tokens per row, their scales included."""
