@@ -16,9 +16,8 @@ import torch
 from .ops.decode_attention.layout import (
     HeadLayout,
     WidthGroup,
-    code_capacity,
-    middle_values_like,
-    new_middle_values,
+    middle_values,
+    new_value_storage,
 )
 from .ops.decode_attention.quantization import MiddleQuant, quantize_rows, quantize_segments
 
@@ -70,7 +69,7 @@ class MiddleRegion:
         stored = dtype if quant is None else quant.dtype
         num_value_heads = layout.num_value_heads
         self.keys = torch.zeros(batch, capacity * layout.total_width, dtype=stored, device=device)
-        self.values = new_middle_values(batch, num_value_heads, capacity, layout.head_dim, stored, device)
+        self.value_storage = new_value_storage(batch, num_value_heads, capacity, layout.head_dim, stored, device)
         self.key_scales = self.value_scales = None
         if quant is not None:
             self.key_scales = torch.zeros(batch, num_value_heads, capacity, dtype=torch.float32, device=device)
@@ -78,9 +77,11 @@ class MiddleRegion:
         # Element of compact channel k at middle index t: key_base[k] + t * key_step[k] (see layout.py).
         self.key_base, self.key_step = host_layout.middle_key_index(capacity, device)
         self.value_heads = layout.storage_order[:num_value_heads]
-        # Value slot (storage position) of the head of each compact channel: the segments key scales cover.
-        widths = host_layout.widths.long()[host_layout.storage_order[:num_value_heads]]
-        self.channel_slot = torch.repeat_interleave(torch.arange(num_value_heads), widths).to(device)
+
+    @property
+    def values(self) -> torch.Tensor:
+        """`[B, NV, capacity, D]` values (a channel-major view for 8-bit codes)."""
+        return middle_values(self.value_storage, self.capacity)
 
     @property
     def batch(self) -> int:
@@ -92,7 +93,8 @@ class MiddleRegion:
         if layout.total_width:
             compact = keys.transpose(1, 2).reshape(self.batch, keys.shape[2], -1).index_select(2, layout.gather_index)
             if quant is not None:
-                compact, scales = quantize_segments(compact, self.channel_slot, layout.num_value_heads, quant)
+                runs = tuple((group.count, group.width) for group in layout.groups)
+                compact, scales = quantize_segments(compact, runs, quant)
                 self.key_scales.index_copy_(2, index, scales.transpose(1, 2))
             flat = self.key_base + index[:, None] * self.key_step  # [n, C]
             _bytes(self.keys).index_copy_(1, flat.flatten(), _bytes(compact.flatten(1)))
@@ -101,7 +103,10 @@ class MiddleRegion:
             if quant is not None:
                 kept, scales = quantize_rows(kept, quant)
                 self.value_scales.index_copy_(2, index, scales)
-            _bytes(self.values).index_copy_(2, index, _bytes(kept))
+            if quant is None:
+                self.value_storage.index_copy_(2, index, kept)
+            else:  # channel-major codes [B, NV, D, capacity rounded up]
+                _bytes(self.value_storage).index_copy_(3, index, _bytes(kept).transpose(2, 3))
 
     def write_range(self, keys: torch.Tensor, values: torch.Tensor, start: int) -> None:
         """Store `[B, H, T, D]` tokens at middle indices `start .. start + T - 1` (in chunks of `_WRITE_CHUNK`)."""
@@ -142,13 +147,13 @@ class MiddleRegion:
         return self.keys[:, start:stop].view(self.batch, group.count, self.capacity, group.width)
 
     def _stored(self) -> tuple[str, ...]:
-        return ("keys", "values") if self.quant is None else ("keys", "values", "key_scales", "value_scales")
+        stored = ("keys", "value_storage")
+        return stored if self.quant is None else (*stored, "key_scales", "value_scales")
 
     def map_batch(self, function: Callable[[torch.Tensor], torch.Tensor]) -> None:
         """Replace keys, values (and scales) by `function` of them (a batch reorder or selection)."""
         for name in self._stored():
             setattr(self, name, function(getattr(self, name)))
-        self.values = middle_values_like(self.values)
 
     def copy_batch_(self, index: torch.Tensor) -> None:
         """Reorder the batch rows in place (addresses stay fixed)."""
@@ -162,17 +167,15 @@ class MiddleRegion:
 
     def tensors(self) -> tuple[torch.Tensor, ...]:
         """Every tensor a write or a read of the region touches."""
-        scales = () if self.quant is None else (self.key_scales, self.value_scales, self.channel_slot)
-        return self.keys, self.values, *scales, self.key_base, self.key_step, self.value_heads
+        scales = () if self.quant is None else (self.key_scales, self.value_scales)
+        return self.keys, self.value_storage, *scales, self.key_base, self.key_step, self.value_heads
 
     @property
     def nbytes(self) -> tuple[int, int]:
         """Allocated bytes of the keys and of the values, their scales included."""
         if self.quant is None:
-            return self.keys.nbytes, self.values.nbytes
-        batch, heads, capacity, head_dim = self.values.shape
-        values = batch * heads * code_capacity(capacity) * head_dim  # channel-major rows of whole token groups
-        return self.keys.nbytes + self.key_scales.nbytes, values + self.value_scales.nbytes
+            return self.keys.nbytes, self.value_storage.nbytes
+        return self.keys.nbytes + self.key_scales.nbytes, self.value_storage.nbytes + self.value_scales.nbytes
 
     def used_bytes(self, tokens: int) -> tuple[int, int]:
         """Bytes of the keys and of the values of `tokens` middle tokens per row, their scales included."""

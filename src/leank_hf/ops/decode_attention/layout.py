@@ -41,16 +41,31 @@ def code_capacity(capacity: int) -> int:
     return -(-capacity // CODE_GROUP) * CODE_GROUP
 
 
+def new_value_storage(
+    batch: int, num_value_heads: int, capacity: int, head_dim: int, dtype: torch.dtype, device: torch.device | str
+) -> torch.Tensor:
+    """Zeroed storage of `mid_values` (`middle_values` views it): `[B, NV, capacity, D]` for the model's dtype,
+    `[B, NV, D, code_capacity(capacity)]` for 8-bit codes (the kernels read whole token groups, whose spare codes stay
+    finite and get zero weight). Writes index this tensor itself: compiled, a write into a transposed view of a buffer
+    copies the whole buffer."""
+    if dtype.itemsize != 1:
+        return torch.zeros(batch, num_value_heads, capacity, head_dim, dtype=dtype, device=device)
+    return torch.zeros(batch, num_value_heads, head_dim, code_capacity(capacity), dtype=dtype, device=device)
+
+
+def middle_values(storage: torch.Tensor, capacity: int) -> torch.Tensor:
+    """The `[B, NV, capacity, D]` view of a `new_value_storage` tensor."""
+    if storage.dtype.itemsize != 1:
+        return storage
+    return storage.transpose(2, 3)[:, :, :capacity]
+
+
 def new_middle_values(
     batch: int, num_value_heads: int, capacity: int, head_dim: int, dtype: torch.dtype, device: torch.device | str
 ) -> torch.Tensor:
-    """Zeroed `mid_values [B, NV, capacity, D]`: token-major for the model's dtype; for 8-bit codes channel-major, a
-    view of `[B, NV, D, code_capacity(capacity)]` (the kernels read whole token groups, whose spare codes stay finite
-    and get zero weight)."""
-    if dtype.itemsize != 1:
-        return torch.zeros(batch, num_value_heads, capacity, head_dim, dtype=dtype, device=device)
-    storage = torch.zeros(batch, num_value_heads, head_dim, code_capacity(capacity), dtype=dtype, device=device)
-    return storage.transpose(2, 3)[:, :, :capacity]
+    """Zeroed `mid_values [B, NV, capacity, D]` as the caches store it."""
+    storage = new_value_storage(batch, num_value_heads, capacity, head_dim, dtype, device)
+    return middle_values(storage, capacity)
 
 
 def has_value_storage(values: torch.Tensor) -> bool:

@@ -82,15 +82,19 @@ def quantize_rows(x: torch.Tensor, quant: MiddleQuant) -> tuple[torch.Tensor, to
 
 
 def quantize_segments(
-    x: torch.Tensor, segment: torch.Tensor, num_segments: int, quant: MiddleQuant
+    x: torch.Tensor, segments: tuple[tuple[int, int], ...], quant: MiddleQuant
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """`(codes [..., C], scales [..., num_segments])` of `x [..., C]`, one scale per segment of the last dimension.
+    """`(codes [..., C], scales [..., S])` of `x [..., C]`, one scale per segment of the last dimension.
 
-    `segment [C]` (int64, on `x`'s device) names the segment of each element (the KV head of each kept channel).
+    `segments` lists `(count, width)` runs in order: `count` consecutive segments of `width` elements each (the kept
+    channels of a run of equal-width KV heads), covering `C`. Reshapes only, so a compiled write fuses it.
     """
     x = x.float()
-    magnitude = x.abs()
-    index = segment.expand_as(magnitude)
-    amax = magnitude.new_zeros(*x.shape[:-1], num_segments).scatter_reduce_(-1, index, magnitude, "amax")
-    scale = amax / quant.qmax
-    return encode(x, scale.gather(-1, index), quant), scale
+    codes, scales, start = [], [], 0
+    for count, width in segments:
+        block = x[..., start : start + count * width].unflatten(-1, (count, width))
+        scale = block.abs().amax(-1) / quant.qmax
+        codes.append(encode(block, scale[..., None], quant).flatten(-2))
+        scales.append(scale)
+        start += count * width
+    return torch.cat(codes, -1), torch.cat(scales, -1)
