@@ -1,11 +1,12 @@
 """Count the SASS instructions of the dynamic LeanK decode kernel built for sm_90, on any machine (no GPU needed).
 
-    python benchmarks/kernel_sass.py [--block-n 64] [--stages 3]
+    python benchmarks/kernel_sass.py [--block-n 128] [--stages 2]
 
 Compiles `ops.decode_attention.triton._leank_decode_kernel` with Triton's bundled ptxas for a bf16 query (Llama
 shape: head_dim 128, GQA group 4) with a bf16, int8 and FP8 e4m3 middle, disassembles it with Triton's bundled
-nvdisasm and prints the instruction total and the most frequent opcodes of each build. A static count over the whole
-kernel (all eight width variants and the full region), not a profile: it shows what a storage adds per element.
+nvdisasm and prints the instruction total, the most frequent opcodes and the size of each tensor-core loop (one tile
+per trip: the full region's, then the middle's per kept width). Static counts, not a profile: they show what a
+storage adds per tile before any device time is spent.
 """
 
 from __future__ import annotations
@@ -60,25 +61,54 @@ def compile_sm90(code_type: str, block_n: int, stages: int) -> bytes:
     return compiled.asm["cubin"]
 
 
-def opcodes(cubin: bytes) -> collections.Counter:
+def disassemble(cubin: bytes) -> list[tuple[int, str, str]]:
+    """`(address, opcode, operands)` of each instruction; a label line gives its name to the next address."""
     nvdisasm = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "nvdisasm")
     with tempfile.NamedTemporaryFile(suffix=".cubin") as file:
         file.write(cubin)
         file.flush()
         listing = subprocess.run([nvdisasm, "-c", file.name], capture_output=True, text=True, check=True).stdout
-    found = re.finditer(r"/\*[0-9a-f]{4,6}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]+)", listing)
-    return collections.Counter(match.group(1) for match in found)
+    instructions, pending = [], []
+    for line in listing.splitlines():
+        label = re.match(r"^\s*(\.L_x_\d+):", line)
+        if label:
+            pending.append(label.group(1))
+            continue
+        found = re.search(r"/\*([0-9a-f]{4,6})\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]+)[^;]*?([^;]*);", line)
+        if found:
+            address = int(found.group(1), 16)
+            instructions += [(address, f"label:{name}", "") for name in pending]
+            pending = []
+            instructions.append((address, found.group(2), found.group(3)))
+    return instructions
+
+
+def mma_loop_sizes(instructions: list[tuple[int, str, str]]) -> list[int]:
+    """Instructions in each loop (a backward branch's body) that uses tensor cores, in address order: the full
+    region's, then the middle's, one per kept width (16, 32, ...)."""
+    labels = {name[6:]: address for address, name, _ in instructions if name.startswith("label:")}
+    body = [(address, op) for address, op, _ in instructions if not op.startswith("label:")]
+    sizes = []
+    for address, op, operands in instructions:
+        target = re.search(r"(\.L_x_\d+)", operands) if op == "BRA" else None
+        if target and labels.get(target.group(1), address) < address:
+            ops = [name for at, name in body if labels[target.group(1)] <= at <= address]
+            if "HMMA" in ops:
+                sizes.append(len(ops))
+    return sizes
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--block-n", type=int, default=64)
-    parser.add_argument("--stages", type=int, default=3)
+    parser.add_argument("--block-n", type=int, default=128)
+    parser.add_argument("--stages", type=int, default=2)
     args = parser.parse_args()
     for storage, code_type in STORAGES.items():
-        counts = opcodes(compile_sm90(code_type, args.block_n, args.stages))
+        instructions = disassemble(compile_sm90(code_type, args.block_n, args.stages))
+        counts = collections.Counter(op for _, op, _ in instructions if not op.startswith("label:"))
         common = ", ".join(f"{op} {n}" for op, n in counts.most_common(8))
         print(f"{storage:5s} middle: {sum(counts.values()):6d} instructions ({common})", flush=True)
+        print(f"      tensor-core loops (full region, then middle by kept width): {mma_loop_sizes(instructions)}")
 
 
 if __name__ == "__main__":
