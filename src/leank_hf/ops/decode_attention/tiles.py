@@ -8,6 +8,10 @@ finishes last merges the parts of its `(row, head)`.
 import triton
 import triton.language as tl
 
+from .layout import CODE_GROUP
+
+TOKEN_GROUP = tl.constexpr(CODE_GROUP)  # 8-bit values are stored and read in whole groups of this many tokens
+
 
 @triton.jit
 def online_softmax_step(scores, valid, v, m_i, l_i, acc, DOT_PRECISION: tl.constexpr):
@@ -220,11 +224,11 @@ def attend_middle(
     o_n = tl.arange(0, BLOCK_N)
     o_d = tl.arange(0, BLOCK_D)
     m_d = o_d < HEAD_DIM
-    # With QUANT, tiles start on a 16-token boundary, so the values (channel-major codes) load aligned; they are read
-    # in whole groups of 16 tokens (an unmasked run per channel; the storage has room, layout.new_middle_values),
+    # With QUANT, tiles start on a TOKEN_GROUP boundary, so the values (channel-major codes) load aligned; they are read
+    # in whole groups (an unmasked run per channel; the storage has room, layout.new_value_storage),
     # keys and scales only where valid.
-    t_first = t_start // 16 * 16 if QUANT else t_start
-    t_groups = (t_stop + 15) // 16 * 16
+    t_first = t_start // TOKEN_GROUP * TOKEN_GROUP if QUANT else t_start
+    t_groups = (t_stop + TOKEN_GROUP - 1) // TOKEN_GROUP * TOKEN_GROUP
     # 64-bit tile pointers advanced per tile; in-tile offsets stay 32-bit.
     p_k_tile = p_k + t_first.to(tl.int64) * W
     p_v_tile = p_v + t_first.to(tl.int64) * stride_vt
