@@ -195,7 +195,6 @@ def attend_middle(
         q32 = load_query_part(p_q, p_channels, m_g, O32, 32, UPCAST)
     if P16:
         q16 = load_query_part(p_q, p_channels, m_g, O16, 16, UPCAST)
-    row_scale = tl.zeros([BLOCK_G], dtype=tl.float32) + scale_log2
     if QUANT:
         q_max = tl.zeros([BLOCK_G], dtype=tl.float32)
         if P256:
@@ -210,7 +209,7 @@ def attend_middle(
             q_max = tl.maximum(q_max, row_abs_max(q16))
         q_max = tl.where(q_max > 0, q_max, 1.0)
         inv_max = 1.0 / q_max
-        row_scale = row_scale * q_max
+        row_scale = q_max * scale_log2
         if P256:
             q256 = normalized_query_part(q256, inv_max, CODE_DTYPE)
         if P128:
