@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 
@@ -42,10 +43,26 @@ def choose_splits(
     return math.ceil(num_mid / split_len), split_len
 
 
-def tile_settings(quantized: bool) -> tuple[int, int]:
-    """Default `(block_n, num_stages)` of both kernels, from `benchmarks/tune_kernel.py` on an H200 (32K tokens,
-    batch 8): 64 keys per tile and 3 load stages for a middle in the model's dtype, 128 and 2 for 8-bit codes."""
-    return (128, 2) if quantized else (64, 3)
+@dataclasses.dataclass(frozen=True)
+class TileSettings:
+    """Launch settings of both decode kernels.
+
+    `block_n` keys per middle tile, `full_block_n` slots per full-region tile (a divisor of `block_n`: the full region
+    loads every channel, so its tiles are shorter), `num_stages` load stages, `max_registers` per thread (`None`: the
+    compiler's choice). The register cap sets how many programs share an SM: uncapped, the widest middle loop takes
+    every register and two 4-warp programs fit.
+    """
+
+    block_n: int
+    full_block_n: int
+    num_stages: int
+    max_registers: int | None
+
+
+def tile_settings(quantized: bool) -> TileSettings:
+    """Default settings, from `benchmarks/tune_kernel.py` on an H200 (32K tokens, batch 8), by the middle's storage
+    (8-bit codes or the model's dtype)."""
+    return TileSettings(128, 32, 2, None) if quantized else TileSettings(64, 32, 3, None)
 
 
 def check_middle_dtypes(

@@ -36,6 +36,7 @@ def _leank_static_decode_kernel(
     HAS_KEY_MASK: tl.constexpr, QUANT: tl.constexpr,
     G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     G_POW: tl.constexpr, MERGE_S: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    FULL_BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     i_split = tl.program_id(0)
     i_b = tl.program_id(1).to(tl.int64)
@@ -46,7 +47,6 @@ def _leank_static_decode_kernel(
     boundary = SINK + FLUSH * (tl.maximum(position + 1 - SINK - RECENT, 0) // FLUSH)
     o_g = tl.arange(0, BLOCK_G)
     m_g = o_g < G
-    o_n = tl.arange(0, BLOCK_N)
     o_d = tl.arange(0, BLOCK_D)
     m_d = o_d < HEAD_DIM
     p_q = Q + i_b * stride_qb + (i_h * G + o_g).to(tl.int64) * stride_qh  # [BLOCK_G]
@@ -62,8 +62,8 @@ def _leank_static_decode_kernel(
             q = q.to(tl.float32)
         p_k = FULL_K + i_b * stride_fb + i_h.to(tl.int64) * stride_fh
         p_v = FULL_V + i_b * stride_fb + i_h.to(tl.int64) * stride_fh
-        for start in range(i_split * FULL_LEN, tl.minimum((i_split + 1) * FULL_LEN, SINK + RING), BLOCK_N):
-            o_s = start + o_n
+        for start in range(i_split * FULL_LEN, tl.minimum((i_split + 1) * FULL_LEN, SINK + RING), FULL_BLOCK_N):
+            o_s = start + tl.arange(0, FULL_BLOCK_N)
             is_sink = o_s < SINK
             ring_slot = position - (position - (o_s - SINK)) % RING
             g = tl.where(is_sink, pad + o_s, ring_slot)
@@ -88,7 +88,7 @@ def _leank_static_decode_kernel(
             for i_w in tl.static_range(1, HEAD_DIM // 16 + 1):
                 if width == i_w * 16:
                     m_i, l_i, acc = attend_middle(
-                        m_i, l_i, acc, p_q, p_channels, m_g, p_k, p_v, stride_mvt, stride_mvd,
+                        p_q, p_channels, m_g, p_k, p_v, stride_mvt, stride_mvd,
                         KEY_MASK + i_b * stride_maskb + SINK, t_start, t_stop, scale_log2, MID_KS + scale_offset,
                         MID_VS + scale_offset, i_w * 16, BLOCK_G, BLOCK_N, BLOCK_D, HEAD_DIM, UPCAST, DOT_PRECISION,
                         HAS_KEY_MASK, QUANT,
@@ -125,6 +125,9 @@ def static_decode(
     mid_cap: int,
     num_value_heads: int,
     block_n: int,
+    full_block_n: int,
+    num_stages: int,
+    max_registers: int | None,
 ) -> torch.Tensor:
     """The launch behind `leank_static_decode_triton` (a custom op: one opaque node for torch.compile)."""
     batch, num_q_heads, _, head_dim = query.shape
@@ -161,8 +164,8 @@ def static_decode(
         HAS_KEY_MASK=key_mask is not None, QUANT=quant,
         G=group, HEAD_DIM=head_dim, BLOCK_G=max(16, group_pow), BLOCK_N=block_n, BLOCK_D=block_d,
         G_POW=group_pow, MERGE_S=max(1, 8192 // (group_pow * block_d)), UPCAST=INTERPRETED,
-        DOT_PRECISION="ieee" if query.dtype == torch.float32 else "tf32", num_warps=4,
-        num_stages=tile_settings(quant)[1],
+        DOT_PRECISION="ieee" if query.dtype == torch.float32 else "tf32", FULL_BLOCK_N=full_block_n, num_warps=4,
+        num_stages=num_stages, maxnreg=max_registers,
     )  # fmt: skip
     return out
 
@@ -189,10 +192,12 @@ def leank_static_decode_triton(
         kv (`StaticKV`): the layer's step view; every kept width a multiple of 16; its middle in the query's dtype or
             8-bit (codes and scales).
         scale (`float`): softmax scale.
-        block_n (`int`, *optional*): keys per tile; `launch.tile_settings` chooses by the middle's storage if not
-            given.
+        block_n (`int`, *optional*): keys per middle tile; `launch.tile_settings` chooses it (and the rest of the
+            launch settings) by the middle's storage if not given.
     """
     layout, windows = kv.layout, kv.windows
+    settings = tile_settings(kv.mid_key_scales is not None)
+    block_n = block_n or settings.block_n
     check_middle_dtypes(query, kv.mid_keys, kv.mid_values, kv.mid_key_scales, kv.mid_value_scales, kv.mid_cap)
     return static_decode(
         query.contiguous(),
@@ -218,5 +223,8 @@ def leank_static_decode_triton(
         kv.ring_size,
         kv.mid_cap,
         layout.num_value_heads,
-        block_n or tile_settings(kv.mid_key_scales is not None)[0],
+        block_n,
+        min(settings.full_block_n, block_n),
+        settings.num_stages,
+        settings.max_registers,
     )

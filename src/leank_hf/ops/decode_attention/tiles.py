@@ -27,26 +27,20 @@ def online_softmax_step(scores, valid, v, m_i, l_i, acc, DOT_PRECISION: tl.const
 
 
 @triton.jit
-def scaled_softmax_step(scores, row_scale, valid, v, m_i, l_i, acc, v_scale, DOT_PRECISION: tl.constexpr):
+def scaled_softmax_step(scores, row_scale, valid, v, m_i, l_parts, acc, v_weight, DOT_PRECISION: tl.constexpr):
     # online_softmax_step for an 8-bit middle, whose value operand may be fp16. The logits (log2 domain) are
-    # scores * row_scale[:, None] (row_scale > 0), taken in one multiply-add with the exponent's offset. Probabilities
-    # are relative to the tile's own best key (<= 1, exactly 1 there) and value scales to the tile's largest, so the
-    # operand p * s / max(s) lies in [0, 1] whatever the logits and scales; both factors go back on the product in fp32.
+    # scores * row_scale[:, None] (row_scale > 0). The probabilities' row sums are kept per column (l_parts
+    # [BLOCK_G, BLOCK_N], summed once after the last tile: no reduction across warps per tile). v_weight [BLOCK_N] is
+    # each key's value scale over the chunk's largest, so the operand p * v_weight lies in [0, 1].
     scores = tl.where(valid[None, :], scores, float("-inf"))
-    tile_max = tl.max(scores, 1) * row_scale
-    m_new = tl.maximum(m_i, tile_max)
+    m_new = tl.maximum(m_i, tl.max(scores, 1) * row_scale)
     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-    t_safe = tl.where(tile_max == float("-inf"), m_safe, tile_max)
     alpha = tl.exp2(m_i - m_safe)
-    beta = tl.exp2(t_safe - m_safe)
-    p = tl.exp2(scores * row_scale[:, None] - t_safe[:, None])
-    l_i = l_i * alpha + tl.sum(p, 1) * beta
-    v_max = tl.max(v_scale, 0)
-    v_max = tl.where(v_max > 0, v_max, 1.0)
-    w = p * (v_scale * (1.0 / v_max))[None, :]
-    pv = tl.dot(w.to(v.dtype), v, input_precision=DOT_PRECISION)
-    acc = acc * alpha[:, None] + pv * (beta * v_max)[:, None]
-    return m_new, l_i, acc
+    p = tl.exp2(scores * row_scale[:, None] - m_safe[:, None])
+    l_parts = l_parts * alpha[:, None] + p
+    pv = tl.dot((p * v_weight[None, :]).to(v.dtype), v, input_precision=DOT_PRECISION)
+    acc = acc * alpha[:, None] + pv
+    return m_new, l_parts, acc
 
 
 @triton.jit
@@ -141,10 +135,19 @@ def normalized_query_part(q, inv_max, dtype: tl.constexpr):
 
 
 @triton.jit
+def chunk_max(p_scale, t_first, t_start, t_stop, BLOCK_N: tl.constexpr):
+    # Largest of the scales of middle indices t_start .. t_stop (1 if none is positive), read in BLOCK_N tiles.
+    o_n = tl.arange(0, BLOCK_N)
+    largest = tl.zeros([BLOCK_N], dtype=tl.float32)
+    for start in range(t_first, t_stop, BLOCK_N):
+        rows = start + o_n
+        largest = tl.maximum(largest, tl.load(p_scale + rows, mask=(rows >= t_start) & (rows < t_stop), other=0.0))
+    largest = tl.max(largest, 0)
+    return tl.where(largest > 0, largest, 1.0)
+
+
+@triton.jit
 def attend_middle(
-    m_i,
-    l_i,
-    acc,
     p_q,
     p_channels,
     m_g,
@@ -168,12 +171,13 @@ def attend_middle(
     HAS_KEY_MASK: tl.constexpr,
     QUANT: tl.constexpr,
 ):
+    # Softmax state (m_i, l_i, acc) of keys t_start .. t_stop of one head's middle.
     # A width W (multiple of 16) is read as power-of-two column parts, e.g. 96 = 64 + 32, each fully vectorised.
     # Values are read with both strides (8-bit codes are stored channel-major, the model's dtype token-major).
     # With QUANT, p_key_scale / p_value_scale point at this head's fp32 scales of middle index 0 (unread otherwise),
     # and the products run in fp16 for a 16-bit model (fp32 for an fp32 one or when interpreting): the codes convert
     # exactly, the query is divided by its largest kept entry (|q| <= 1) and the scores multiplied back, the value
-    # operand is bounded by scaled_softmax_step.
+    # scales are divided by the chunk's largest (multiplied back on the output), see scaled_softmax_step.
     P256: tl.constexpr = W & 256
     P128: tl.constexpr = W & 128
     P64: tl.constexpr = W & 64
@@ -223,11 +227,18 @@ def attend_middle(
     o_n = tl.arange(0, BLOCK_N)
     o_d = tl.arange(0, BLOCK_D)
     m_d = o_d < HEAD_DIM
+    m_i = tl.full([BLOCK_G], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_G], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_G, BLOCK_D], dtype=tl.float32)
     # With QUANT, tiles start on a TOKEN_GROUP boundary, so the values (channel-major codes) load aligned; they are read
     # in whole groups (an unmasked run per channel; the storage has room, layout.new_value_storage),
     # keys and scales only where valid.
     t_first = t_start // TOKEN_GROUP * TOKEN_GROUP if QUANT else t_start
     t_groups = (t_stop + TOKEN_GROUP - 1) // TOKEN_GROUP * TOKEN_GROUP
+    if QUANT:
+        v_max = chunk_max(p_value_scale, t_first, t_start, t_stop, BLOCK_N)
+        inv_v_max = 1.0 / v_max
+        l_parts = tl.zeros([BLOCK_G, BLOCK_N], dtype=tl.float32)
     # 64-bit tile pointers advanced per tile; in-tile offsets stay 32-bit.
     p_k_tile = p_k + t_first.to(tl.int64) * W
     p_v_tile = p_v + t_first.to(tl.int64) * stride_vt
@@ -256,8 +267,8 @@ def attend_middle(
             key_scale = tl.load(p_key_scale + start + o_n, mask=valid, other=0.0)
             value_scale = tl.load(p_value_scale + start + o_n, mask=valid, other=0.0)
             scores = scores * key_scale[None, :]
-            m_i, l_i, acc = scaled_softmax_step(
-                scores, row_scale, valid, v, m_i, l_i, acc, value_scale, DOT_PRECISION
+            m_i, l_parts, acc = scaled_softmax_step(
+                scores, row_scale, valid, v, m_i, l_parts, acc, value_scale * inv_v_max, DOT_PRECISION
             )  # fmt: skip
         else:
             if UPCAST:
@@ -265,6 +276,9 @@ def attend_middle(
             m_i, l_i, acc = online_softmax_step(scores * scale_log2, valid, v, m_i, l_i, acc, DOT_PRECISION)
         p_k_tile += BLOCK_N * W
         p_v_tile += BLOCK_N * stride_vt
+    if QUANT:
+        l_i = tl.sum(l_parts, 1)
+        acc *= v_max
     return m_i, l_i, acc
 
 

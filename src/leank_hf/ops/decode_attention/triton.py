@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 
 from ...errors import LeanKUsageError
-from .launch import INTERPRETED, LOG2E, check_middle_dtypes, choose_splits, sm_count, tile_settings
+from .launch import INTERPRETED, LOG2E, TileSettings, check_middle_dtypes, choose_splits, sm_count, tile_settings
 from .layout import CompactKV
 from .tiles import attend_full_tile, attend_middle, store_part_and_merge
 
@@ -60,7 +60,7 @@ def _leank_decode_kernel(
     sink_size, num_full, recent_start, query_pos, boundary, mid_cap, num_mid, split_len, num_parts,
     G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     G_POW: tl.constexpr, MERGE_S: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    HAS_KEY_MASK: tl.constexpr, QUANT: tl.constexpr,
+    HAS_KEY_MASK: tl.constexpr, QUANT: tl.constexpr, FULL_BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     i_split = tl.program_id(0)
     i_b = tl.program_id(1).to(tl.int64)
@@ -69,7 +69,6 @@ def _leank_decode_kernel(
     p_key_mask = KEY_MASK + i_b * stride_kmb  # this row's mask bytes by global slot (unused without a mask)
     o_g = tl.arange(0, BLOCK_G)
     m_g = o_g < G
-    o_n = tl.arange(0, BLOCK_N)
     o_d = tl.arange(0, BLOCK_D)
     m_d = o_d < HEAD_DIM
     # query rows of this KV head's GQA group: heads i_h * G + g
@@ -85,8 +84,8 @@ def _leank_decode_kernel(
             q = q.to(tl.float32)
         p_k = FULL_K + i_b * stride_fkb + i_h.to(tl.int64) * stride_fkh
         p_v = FULL_V + i_b * stride_fvb + i_h.to(tl.int64) * stride_fvh
-        for start in range(0, num_full, BLOCK_N):
-            o_s = start + o_n
+        for start in range(0, num_full, FULL_BLOCK_N):
+            o_s = start + tl.arange(0, FULL_BLOCK_N)
             is_sink = o_s < sink_size
             g = tl.where(is_sink, pad + o_s, recent_start + o_s - sink_size)
             valid = (g <= query_pos) & tl.where(is_sink, g < boundary, (o_s < num_full) & (g >= boundary) & (g >= pad))
@@ -110,9 +109,6 @@ def _leank_decode_kernel(
             for i_w in tl.static_range(1, HEAD_DIM // 16 + 1):
                 if width == i_w * 16:
                     m_i, l_i, acc = attend_middle(
-                        m_i,
-                        l_i,
-                        acc,
                         p_q,
                         p_channels,
                         m_g,
@@ -235,7 +231,7 @@ def leank_decode_fwd(
     num_splits: int | None = None,
     block_n: int | None = None,
     num_warps: int = 4,
-    num_stages: int | None = None,
+    settings: TileSettings | None = None,
 ) -> torch.Tensor:
     """Launch the decode kernel. See `leank_decode_triton`; the keywords tune the launch.
 
@@ -243,17 +239,17 @@ def leank_decode_fwd(
         num_splits (`int`, *optional*):
             Middle-region splits per (batch row, KV head); chosen from the problem size and SM count if not given.
         block_n (`int`, *optional*):
-            Keys per tile (a power of two >= 16); `launch.tile_settings` chooses by the middle's storage if not given.
+            Keys per middle tile (a power of two >= 16), overriding `settings.block_n`; full-region tiles are no longer.
         num_warps (`int`, *optional*, defaults to 4):
             Warps per program.
-        num_stages (`int`, *optional*):
-            Software-pipelining depth of the key/value loads; chosen like `block_n` if not given.
+        settings (`TileSettings`, *optional*):
+            Tile sizes, load stages and register cap; `launch.tile_settings` chooses by the middle's storage if not
+            given.
     """
     _check_inputs(query, kv)
     quant = kv.mid_key_scales is not None
-    default_block_n, default_stages = tile_settings(quant)
-    block_n = block_n or default_block_n
-    num_stages = num_stages or default_stages
+    settings = settings or tile_settings(quant)
+    block_n = block_n or settings.block_n
     layout = kv.layout
     batch, num_q_heads, _, head_dim = query.shape
     num_kv_heads = layout.num_kv_heads
@@ -294,7 +290,8 @@ def leank_decode_fwd(
         G=group, HEAD_DIM=head_dim, BLOCK_G=max(16, group_pow), BLOCK_N=block_n, BLOCK_D=block_d,
         G_POW=group_pow, MERGE_S=max(1, 8192 // (group_pow * block_d)), UPCAST=INTERPRETED,
         DOT_PRECISION="ieee" if query.dtype == torch.float32 else "tf32", HAS_KEY_MASK=kv.key_mask is not None,
-        QUANT=quant, num_warps=num_warps, num_stages=num_stages,
+        QUANT=quant, FULL_BLOCK_N=min(settings.full_block_n, block_n), num_warps=num_warps,
+        num_stages=settings.num_stages, maxnreg=settings.max_registers,
     )  # fmt: skip
     return out
 

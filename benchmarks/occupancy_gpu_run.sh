@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# GPU run (issue #14): how many programs share an SM. Uncapped, the kernels take 212-224 registers per thread (the
+# widest middle loops), so two 4-warp programs fit per SM; `benchmarks/kernel_sass.py --max-registers N` shows which
+# caps leave the tile loops free of spills. This sweeps tile size x load stages x register cap x programs per SM at
+# 32K tokens, batch 8 (the issue's target point), 4 layers of the Llama mask, for int8, FP8 and bf16 middles.
+#
+#   OUT=/path/to/results bash benchmarks/occupancy_gpu_run.sh      # from the repository root, one CUDA GPU
+#
+# Stage limits 20 + 260 + 110 + 130 s: under 9 minutes. One line per setting (graph replay, mean of the layers).
+set -uo pipefail
+
+OUT=${OUT:-benchmarks/results/gpu_occupancy}
+# shellcheck source=benchmarks/stage.sh
+source "$(dirname "${BASH_SOURCE[0]}")/stage.sh"
+
+stage env 20 bash -c "nvidia-smi --query-gpu=name,memory.total,compute_cap,driver_version --format=csv
+$PYTHON -c 'import sys, torch, triton, transformers; print(sys.version.split()[0], \"torch\", torch.__version__, \"triton\", triton.__version__, \"transformers\", transformers.__version__)'
+git rev-parse --short HEAD 2>/dev/null || true"
+
+sweep() {  # sweep QUANT BLOCK_N STAGES REGISTERS (0: uncapped)
+    local quant=()
+    [ "$1" != none ] && quant=(--middle-quant "$1")
+    $PYTHON benchmarks/tune_kernel.py "${quant[@]}" --points 32768:8 --no-report --layers 0,10,20,31 \
+        --block-n "$2" --warps 4 --stages "$3" --max-registers "$4" --ctas-per-sm 8,16
+}
+export -f sweep
+export PYTHON
+
+stage tune_int8 260 bash -c "sweep int8 128 2 0,168,128; sweep int8 64 2,3 0,128,112; sweep int8 32 2,3 96,80"
+stage tune_fp8 110 bash -c "sweep fp8 128 2 168,128; sweep fp8 64 2 128; sweep fp8 32 3 96"
+stage tune_bf16 130 bash -c "sweep none 64 3 0,160,128; sweep none 32 3 96; sweep none 128 2 168"
+
+echo
+echo "=== stages"
+cat "$OUT/stages.txt"
