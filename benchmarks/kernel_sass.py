@@ -83,7 +83,9 @@ def disassemble(cubin: bytes) -> list[tuple[int, str, str]]:
     with tempfile.NamedTemporaryFile(suffix=".cubin") as file:
         file.write(cubin)
         file.flush()
-        listing = subprocess.run([nvidia_tool("nvdisasm"), "-c", file.name], capture_output=True, text=True, check=True).stdout
+        listing = subprocess.run(
+            [nvidia_tool("nvdisasm"), "-c", file.name], capture_output=True, text=True, check=True
+        ).stdout
     instructions, pending = [], []
     for line in listing.splitlines():
         label = re.match(r"^\s*(\.L_x_\d+):", line)
