@@ -19,11 +19,11 @@ stage env 20 bash -c "nvidia-smi --query-gpu=name,memory.total,compute_cap,drive
 $PYTHON -c 'import sys, torch, triton, transformers; print(sys.version.split()[0], \"torch\", torch.__version__, \"triton\", triton.__version__, \"transformers\", transformers.__version__)'
 git rev-parse --short HEAD 2>/dev/null || true"
 
-sweep() {  # sweep QUANT BLOCK_N STAGES REGISTERS (0: uncapped)
+sweep() {  # sweep QUANT BLOCK_N STAGES REGISTERS (0: uncapped) [WARPS]
     local quant=()
     [ "$1" != none ] && quant=(--middle-quant "$1")
     $PYTHON benchmarks/tune_kernel.py "${quant[@]}" --points 32768:8 --no-report --layers 0,10,20,31 \
-        --block-n "$2" --warps 4 --stages "$3" --max-registers "$4" --ctas-per-sm 8,16
+        --block-n "$2" --warps "${5:-4}" --stages "$3" --max-registers "$4" --ctas-per-sm 8,16
 }
 export -f sweep
 export PYTHON
@@ -34,7 +34,7 @@ stage tests 200 $PYTHON -m pytest -q -p no:cacheprovider -rs -m "not slow" \
     "tests/test_triton_decode.py::test_kernel_reads_an_8bit_middle" \
     "tests/test_quantized_static.py::test_triton_custom_op_reads_the_8bit_middle"
 
-stage tune_int8 150 bash -c "sweep int8 128 2,3 168; sweep int8 64 2,3 128; sweep int8 32 3 96"
+stage tune_int8 150 bash -c "sweep int8 128 2,3 168; sweep int8 64 2,3 128; sweep int8 32 3 96; sweep int8 128 2 128 8"
 stage tune_fp8 90 bash -c "sweep fp8 128 2,3 168; sweep fp8 64 3 128"
 
 echo
