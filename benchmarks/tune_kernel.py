@@ -69,7 +69,7 @@ def main() -> None:
     parser.add_argument("--warps", default="4,8")
     parser.add_argument("--stages", default="2,3,4")
     parser.add_argument("--ctas-per-sm", default="2,4,8")
-    parser.add_argument("--full-block-n", default="32", help="full-region slots per tile (at most --block-n)")
+    parser.add_argument("--full-block-n", default="64", help="full-region slots per tile (at most --block-n)")
     parser.add_argument("--max-registers", default="0", help="per-thread register caps; 0: the compiler's choice")
     parser.add_argument("--points", default=",".join(f"{t}:{b}" for t, b in POINTS), help="context:batch,...")
     parser.add_argument("--no-report", action="store_true", help="skip the host-cost and graph-time report")

@@ -63,7 +63,7 @@ def tile_settings(quantized: bool) -> TileSettings:
     """Default settings, from `benchmarks/tune_kernel.py` on an H200 (32K tokens, batch 8), by the middle's storage
     (8-bit codes or the model's dtype). 8-bit: 168 registers let three programs share an SM (uncapped, the widest loop
     takes 212-224 and two fit; below ~160 the loops spill), 3 stages keep more bytes in flight."""
-    return TileSettings(128, 32, 3, 168) if quantized else TileSettings(64, 32, 3, None)
+    return TileSettings(128, 64, 3, 168) if quantized else TileSettings(64, 64, 3, None)
 
 
 def check_middle_dtypes(
