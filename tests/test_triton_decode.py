@@ -12,10 +12,12 @@ from dataclasses import dataclass
 
 import pytest
 import torch
+import triton
+import triton.language as tl
 
 from leank_hf import LeanKMasks
 from leank_hf.errors import LeanKUsageError
-from leank_hf.ops.decode_attention import launch
+from leank_hf.ops.decode_attention import launch, tiles
 from leank_hf.ops.decode_attention import triton as triton_decode
 from leank_hf.ops.decode_attention.layout import CompactKV
 from leank_hf.ops.decode_attention.naive import leank_decode_torch
@@ -252,6 +254,32 @@ def test_kernel_reads_an_8bit_middle(widths, head_dim, group, length, pads, hole
         holes=holes or None, quant=quant, mid_past_boundary=5, filler=7.0,
     )  # fmt: skip
     assert_close(out, leank_decode_torch(finite.query, finite.kv, scale=0.125).double().cpu(), atol, rtol)
+
+
+@triton.jit
+def _chunk_max_kernel(SCALES, KEY_MASK, OUT, t_start, t_stop, BLOCK_N: tl.constexpr, HAS_KEY_MASK: tl.constexpr):
+    t_first = t_start // 16 * 16
+    tl.store(OUT, tiles.chunk_max(SCALES, KEY_MASK, t_first, t_start, t_stop, BLOCK_N, HAS_KEY_MASK))
+
+
+@pytest.mark.parametrize("has_key_mask", [False, True], ids=["no-mask", "key-mask"])
+def test_chunk_max_reads_only_attended_scales(has_key_mask):
+    """The value-scale bound of a middle chunk: the largest scale of the attended keys, 1 when none is positive. Keys
+    outside the chunk or masked hold larger scales, which must not be read."""
+    scales = torch.rand(300, generator=torch.Generator().manual_seed(0)) + 0.5
+    key_mask = torch.ones(300, dtype=torch.bool)
+    key_mask[[40, 41, 200]] = False
+    scales[:37] = scales[250:] = 1e6  # outside the chunk 37 .. 250
+    if has_key_mask:
+        scales[[40, 41, 200]] = 1e6
+    out = torch.empty(1)
+    for block_n in (16, 64):
+        _chunk_max_kernel[(1,)](scales, key_mask.view(torch.uint8), out, 37, 250, block_n, has_key_mask)
+        attended = scales[37:250][key_mask[37:250]] if has_key_mask else scales[37:250]
+        assert out.item() == attended.max().item()
+    zeros = torch.where(key_mask, 0.0, 1e6) if has_key_mask else torch.zeros(300)
+    _chunk_max_kernel[(1,)](zeros, key_mask.view(torch.uint8), out, 37, 250, 64, has_key_mask)
+    assert out.item() == 1.0
 
 
 def test_choose_splits_fills_the_gpu():

@@ -135,13 +135,17 @@ def normalized_query_part(q, inv_max, dtype: tl.constexpr):
 
 
 @triton.jit
-def chunk_max(p_scale, t_first, t_start, t_stop, BLOCK_N: tl.constexpr):
-    # Largest of the scales of middle indices t_start .. t_stop (1 if none is positive), read in BLOCK_N tiles.
+def chunk_max(p_scale, p_key_mask, t_first, t_start, t_stop, BLOCK_N: tl.constexpr, HAS_KEY_MASK: tl.constexpr):
+    # Largest scale of the attended middle indices t_start .. t_stop (1 if none is positive), read in BLOCK_N tiles;
+    # masked keys are not read (their scales may be anything).
     o_n = tl.arange(0, BLOCK_N)
     largest = tl.zeros([BLOCK_N], dtype=tl.float32)
     for start in range(t_first, t_stop, BLOCK_N):
         rows = start + o_n
-        largest = tl.maximum(largest, tl.load(p_scale + rows, mask=(rows >= t_start) & (rows < t_stop), other=0.0))
+        readable = (rows >= t_start) & (rows < t_stop)
+        if HAS_KEY_MASK:
+            readable &= tl.load(p_key_mask + rows, mask=readable, other=0) != 0
+        largest = tl.maximum(largest, tl.load(p_scale + rows, mask=readable, other=0.0))
     largest = tl.max(largest, 0)
     return tl.where(largest > 0, largest, 1.0)
 
@@ -236,7 +240,7 @@ def attend_middle(
     t_first = t_start // TOKEN_GROUP * TOKEN_GROUP if QUANT else t_start
     t_groups = (t_stop + TOKEN_GROUP - 1) // TOKEN_GROUP * TOKEN_GROUP
     if QUANT:
-        v_max = chunk_max(p_value_scale, t_first, t_start, t_stop, BLOCK_N)
+        v_max = chunk_max(p_value_scale, p_key_mask, t_first, t_start, t_stop, BLOCK_N, HAS_KEY_MASK)
         inv_v_max = 1.0 / v_max
         l_parts = tl.zeros([BLOCK_G, BLOCK_N], dtype=tl.float32)
     # 64-bit tile pointers advanced per tile; in-tile offsets stay 32-bit.
