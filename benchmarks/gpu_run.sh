@@ -12,9 +12,7 @@ OUT=${OUT:-benchmarks/results/gpu}
 # shellcheck source=benchmarks/stage.sh
 source "$(dirname "${BASH_SOURCE[0]}")/stage.sh"
 
-stage env 20 bash -c "nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,clocks.max.mem,driver_version --format=csv
-$PYTHON -c 'import sys, torch, triton, transformers; print(sys.version.split()[0], \"torch\", torch.__version__, \"triton\", triton.__version__, \"transformers\", transformers.__version__, torch.cuda.get_device_name())'
-git rev-parse --short HEAD 2>/dev/null || true"
+stage_env
 
 # Correctness on CUDA: the kernel (fp32/fp16/bf16, compiled), the cache, attention and generate() tests.
 XDIST=$($PYTHON -c 'import xdist' 2>/dev/null && echo "-n 8" || echo "")

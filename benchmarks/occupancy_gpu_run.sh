@@ -15,9 +15,7 @@ OUT=${OUT:-benchmarks/results/gpu_occupancy}
 # shellcheck source=benchmarks/stage.sh
 source "$(dirname "${BASH_SOURCE[0]}")/stage.sh"
 
-stage env 20 bash -c "nvidia-smi --query-gpu=name,memory.total,compute_cap,driver_version --format=csv
-$PYTHON -c 'import sys, torch, triton, transformers; print(sys.version.split()[0], \"torch\", torch.__version__, \"triton\", triton.__version__, \"transformers\", transformers.__version__)'
-git rev-parse --short HEAD 2>/dev/null || true"
+stage_env
 
 sweep() {  # sweep QUANT BLOCK_N STAGES REGISTERS (0: uncapped) [WARPS]
     local quant=()

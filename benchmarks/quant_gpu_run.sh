@@ -15,9 +15,7 @@ OUT=${OUT:-benchmarks/results/gpu_quant}
 # shellcheck source=benchmarks/stage.sh
 source "$(dirname "${BASH_SOURCE[0]}")/stage.sh"
 
-stage env 10 bash -c "nvidia-smi --query-gpu=name,memory.total,compute_cap,driver_version --format=csv
-$PYTHON -c 'import sys, torch, triton, transformers; print(sys.version.split()[0], \"torch\", torch.__version__, \"triton\", triton.__version__, \"transformers\", transformers.__version__)'
-git rev-parse --short HEAD 2>/dev/null || true"
+stage_env
 
 # The target point first: 32K tokens, batch 8, all 32 layers of the authors' Llama mask, bf16 / int8 / fp8 middle.
 stage kernel_32k_b8 120 $PYTHON -m leank_hf.cli.main bench kernel --contexts 32k --batches 8 \

@@ -12,7 +12,7 @@ OUT=${OUT:-benchmarks/results/gpu_quant_step}
 # shellcheck source=benchmarks/stage.sh
 source "$(dirname "${BASH_SOURCE[0]}")/stage.sh"
 
-stage env 10 bash -c "nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; git rev-parse --short HEAD"
+stage_env
 
 stage tests 150 $PYTHON -m pytest -q -p no:cacheprovider -rs -m "not slow" --junitxml="$OUT/tests.xml" \
     "tests/test_triton_decode.py::test_kernel_reads_an_8bit_middle" \

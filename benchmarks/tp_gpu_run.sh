@@ -25,10 +25,7 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}
 source "$(dirname "${BASH_SOURCE[0]}")/stage.sh"
 TORCHRUN=("$PYTHON" -m torch.distributed.run --standalone --nproc_per_node 2)
 
-stage env 20 bash -c "nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
-nvidia-smi topo -m || true
-$PYTHON -c 'import sys, torch, triton, transformers; print(sys.version.split()[0], \"torch\", torch.__version__, \"triton\", triton.__version__, \"transformers\", transformers.__version__, torch.cuda.device_count(), \"GPUs\")'
-git rev-parse --short HEAD 2>/dev/null || true"
+stage_env
 
 # One GPU: save the random model, and greedy / left-padded-batch outputs of DynamicCache + sdpa and LeanK + Triton.
 stage reference 150 env CUDA_VISIBLE_DEVICES=0 "$PYTHON" -m leank_hf.tools.benchmarks.generate_tp reference "$WORK" \
