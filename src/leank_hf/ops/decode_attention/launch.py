@@ -47,10 +47,10 @@ def choose_splits(
 class TileSettings:
     """Launch settings of both decode kernels.
 
-    `block_n` keys per middle tile, `full_block_n` slots per full-region tile (a divisor of `block_n`: the full region
-    loads every channel, so its tiles are shorter), `num_stages` load stages, `max_registers` per thread (`None`: the
-    compiler's choice). The register cap sets how many programs share an SM: uncapped, the widest middle loop takes
-    every register and two 4-warp programs fit.
+    `block_n` keys per middle tile, `full_block_n` slots per full-region tile (launchers use at most `block_n`; the
+    full region loads every channel, so long tiles there cost registers), `num_stages` load stages, `max_registers`
+    per thread (`None`: the compiler's choice). The register cap sets how many programs share an SM: uncapped, the
+    widest loops take 212-255 registers and two 4-warp programs fit.
     """
 
     block_n: int
