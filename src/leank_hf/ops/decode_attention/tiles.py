@@ -30,8 +30,9 @@ def online_softmax_step(scores, valid, v, m_i, l_i, acc, DOT_PRECISION: tl.const
 def scaled_softmax_step(scores, row_scale, valid, v, m_i, l_parts, acc, v_weight, DOT_PRECISION: tl.constexpr):
     # online_softmax_step for an 8-bit middle, whose value operand may be fp16. The logits (log2 domain) are
     # scores * row_scale[:, None] (row_scale > 0). The probabilities' row sums are kept per column (l_parts
-    # [BLOCK_G, BLOCK_N], summed once after the last tile: no reduction across warps per tile). v_weight [BLOCK_N] is
-    # each key's value scale over the chunk's largest, so the operand p * v_weight lies in [0, 1].
+    # [BLOCK_G, BLOCK_N], summed once after the last tile instead of across warps every tile; the row maximum is the
+    # one cross-warp reduction left per tile). v_weight [BLOCK_N] is each key's value scale over the chunk's largest,
+    # so the operand p * v_weight lies in [0, 1].
     scores = tl.where(valid[None, :], scores, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(scores, 1) * row_scale)
     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
