@@ -272,7 +272,8 @@ def test_chunk_max_reads_only_attended_scales(has_key_mask):
     scales[:37] = scales[250:] = 1e6  # outside the chunk 37 .. 250
     if has_key_mask:
         scales[[40, 41, 200]] = 1e6
-    out = torch.empty(1)
+    scales, key_mask = scales.to(DEVICE), key_mask.to(DEVICE)
+    out = torch.empty(1, device=DEVICE)
     for block_n in (16, 64):
         _chunk_max_kernel[(1,)](scales, key_mask.view(torch.uint8), out, 37, 250, block_n, has_key_mask)
         attended = scales[37:250][key_mask[37:250]] if has_key_mask else scales[37:250]
