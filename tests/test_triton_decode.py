@@ -278,7 +278,7 @@ def test_chunk_max_reads_only_attended_scales(has_key_mask):
         _chunk_max_kernel[(1,)](scales, key_mask.view(torch.uint8), out, 37, 250, block_n, has_key_mask)
         attended = scales[37:250][key_mask[37:250]] if has_key_mask else scales[37:250]
         assert out.item() == attended.max().item()
-    zeros = torch.where(key_mask, 0.0, 1e6) if has_key_mask else torch.zeros(300)
+    zeros = torch.where(key_mask, 0.0, 1e6) if has_key_mask else torch.zeros(300, device=DEVICE)
     _chunk_max_kernel[(1,)](zeros, key_mask.view(torch.uint8), out, 37, 250, 64, has_key_mask)
     assert out.item() == 1.0
 
