@@ -23,7 +23,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from leank_hf.ops.decode_attention.launch import TileSettings, tile_settings
+from leank_hf.ops.decode_attention.launch import TileSettings, query_block, tile_settings
 from leank_hf.ops.decode_attention.triton import _leank_decode_kernel
 
 POINTERS = {
@@ -37,7 +37,8 @@ STORAGES = {"bf16": "bf16", "int8": "i8", "fp8": "fp8e4nv"}
 def compile_sm90(code_type: str, settings: TileSettings, num_warps: int = 4) -> bytes:
     """The kernel's cubin for a middle stored as `code_type` (a Triton type name)."""
     constants = {
-        "G": 4, "HEAD_DIM": 128, "BLOCK_G": 16, "BLOCK_N": settings.block_n, "BLOCK_D": 128, "G_POW": 4,
+        "G": 4, "HEAD_DIM": 128, "BLOCK_G": query_block(4, code_type != "bf16"), "BLOCK_N": settings.block_n,
+        "BLOCK_D": 128, "G_POW": 4,
         "MERGE_S": 16, "UPCAST": False, "DOT_PRECISION": "tf32", "HAS_KEY_MASK": False, "QUANT": code_type != "bf16",
         "FULL_BLOCK_N": settings.full_block_n,
     }  # fmt: skip

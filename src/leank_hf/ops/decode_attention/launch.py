@@ -43,6 +43,14 @@ def choose_splits(
     return math.ceil(num_mid / split_len), split_len
 
 
+def query_block(group_pow: int, quantized: bool) -> int:
+    """Query rows per tile (a GQA group padded to a power of two). The model's dtype: at least 16, the rows of a
+    tensor-core product. An 8-bit middle: the group itself, the columns of its keys-as-rows products
+    (`tiles.attend_middle_codes`), which stay warp-level MMAs up to 8 (from 16 Triton picks Hopper's warp-group MMAs,
+    which read 8-bit operands from shared memory two bytes at a time)."""
+    return group_pow if quantized else max(16, group_pow)
+
+
 @dataclasses.dataclass(frozen=True)
 class TileSettings:
     """Launch settings of both decode kernels.

@@ -1,12 +1,13 @@
 """Triton decode attention over a `LeanKStaticCache` layer, as a PyTorch custom op that CUDA graphs capture.
 
-Same program structure as `triton.py` (whose tile loops, part store and merge it reuses): one program per `(part,
-batch row, KV head)`; the first `FULL_PARTS` parts read slices of the sinks and the ring (so at batch 1 the full
-region, ~3x the bytes of a middle chunk, is no straggler), the others chunks of the compact middle; the last program
-of each `(row, head)` merges the parts. What differs: the grid is fixed by the cache's capacity (`num_splits` chunks
-of `split_len` tokens cover `mid_cap`), and the query slot is read from device memory, so the window boundary and the
-live middle length are computed in the kernel; chunks past the live length store an empty part and return. An 8-bit
-middle is read as in `triton.py` (codes converted in registers to fp16, scales on scores and probabilities).
+Same program structure as `triton.py` (whose tile loops, part store and merge it reuses): one program per `(batch
+row, KV head, part)`, started part by part; the first `FULL_PARTS` parts read slices of the sinks and the ring (so at
+batch 1 the full region, ~3x the bytes of a middle chunk, is no straggler), the others chunks of the compact middle;
+the last program of each `(row, head)` merges the parts. What differs: the grid is fixed by the cache's capacity
+(`num_splits` chunks of `split_len` tokens cover `mid_cap`), and the query slot is read from device memory, so the
+window boundary and the live middle length are computed in the kernel; chunks past the live length store an empty
+part and return. An 8-bit middle is read as in `triton.py` (codes converted in registers to fp16, scales on scores
+and probabilities).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .launch import INTERPRETED, LOG2E, check_middle_dtypes, choose_splits, sm_count, tile_settings
+from .launch import INTERPRETED, LOG2E, check_middle_dtypes, choose_splits, query_block, sm_count, tile_settings
 from .layout import StaticKV
 from .tiles import attend_full_tile, attend_middle, store_part_and_merge
 
@@ -38,9 +39,9 @@ def _leank_static_decode_kernel(
     G_POW: tl.constexpr, MERGE_S: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
     FULL_BLOCK_N: tl.constexpr,
 ):  # fmt: skip
-    i_split = tl.program_id(0)
-    i_b = tl.program_id(1).to(tl.int64)
-    i_h = tl.load(STORAGE_ORDER + tl.program_id(2))
+    i_b = tl.program_id(0).to(tl.int64)
+    i_h = tl.load(STORAGE_ORDER + tl.program_id(1))
+    i_split = tl.program_id(2)
     pad = tl.load(PAD + i_b)
     position = tl.load(POSITION)
     # Window start of the query (contract.Windows.boundary): sink + flush * floor(max(0, q + 1 - sink - recent) / flush)
@@ -148,7 +149,7 @@ def static_decode(
     # fp32 scales of an 8-bit middle; without them, any tensor (never read: QUANT is False).
     key_scales, value_scales = (mid_key_scales, mid_value_scales) if quant else (partial_lse, partial_lse)
     scale_strides = (key_scales.stride(0), key_scales.stride(1)) if quant else (0, 0)
-    _leank_static_decode_kernel[(num_parts, batch, num_kv_heads)](
+    _leank_static_decode_kernel[(batch, num_kv_heads, num_parts)](
         query, full_keys, full_values, mid_keys, mid_values, key_scales, value_scales, pad, position, mask,
         widths, channels, offsets, value_slots, storage_order,
         partial_out, partial_lse, counters, out,
@@ -162,7 +163,7 @@ def static_decode(
         SINK=sink_size, RECENT=recent_size, FLUSH=flush_size, RING=ring_size, MID_CAP=mid_cap,
         SPLIT_LEN=split_len, FULL_LEN=full_len, FULL_PARTS=full_parts, NUM_PARTS=num_parts,
         HAS_KEY_MASK=key_mask is not None, QUANT=quant,
-        G=group, HEAD_DIM=head_dim, BLOCK_G=max(16, group_pow), BLOCK_N=block_n, BLOCK_D=block_d,
+        G=group, HEAD_DIM=head_dim, BLOCK_G=query_block(group_pow, quant), BLOCK_N=block_n, BLOCK_D=block_d,
         G_POW=group_pow, MERGE_S=max(1, 8192 // (group_pow * block_d)), UPCAST=INTERPRETED,
         DOT_PRECISION="ieee" if query.dtype == torch.float32 else "tf32", FULL_BLOCK_N=full_block_n, num_warps=4,
         num_stages=num_stages, maxnreg=max_registers,

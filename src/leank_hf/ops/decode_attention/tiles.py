@@ -27,24 +27,6 @@ def online_softmax_step(scores, valid, v, m_i, l_i, acc, DOT_PRECISION: tl.const
 
 
 @triton.jit
-def scaled_softmax_step(scores, row_scale, valid, v, m_i, l_parts, acc, v_weight, DOT_PRECISION: tl.constexpr):
-    # online_softmax_step for an 8-bit middle, whose value operand may be fp16. The logits (log2 domain) are
-    # scores * row_scale[:, None] (row_scale > 0). The probabilities' row sums are kept per column (l_parts
-    # [BLOCK_G, BLOCK_N], summed once after the last tile instead of across warps every tile; the row maximum is the
-    # one cross-warp reduction left per tile). v_weight [BLOCK_N] is each key's value scale over the chunk's largest,
-    # so the operand p * v_weight lies in [0, 1].
-    scores = tl.where(valid[None, :], scores, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(scores, 1) * row_scale)
-    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-    alpha = tl.exp2(m_i - m_safe)
-    p = tl.exp2(scores * row_scale[:, None] - m_safe[:, None])
-    l_parts = l_parts * alpha[:, None] + p
-    pv = tl.dot((p * v_weight[None, :]).to(v.dtype), v, input_precision=DOT_PRECISION)
-    acc = acc * alpha[:, None] + pv
-    return m_new, l_parts, acc
-
-
-@triton.jit
 def attend_full_tile(
     m_i, l_i, acc, q, p_k, p_v, o_s, g, valid, stride_kt, stride_vt, p_key_mask, scale_log2, o_d, m_d,
     UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, HAS_KEY_MASK: tl.constexpr,
@@ -176,13 +158,45 @@ def attend_middle(
     HAS_KEY_MASK: tl.constexpr,
     QUANT: tl.constexpr,
 ):
-    # Softmax state (m_i, l_i, acc) of keys t_start .. t_stop of one head's middle.
-    # A width W (multiple of 16) is read as power-of-two column parts, e.g. 96 = 64 + 32, each fully vectorised.
-    # Values are read with both strides (8-bit codes are stored channel-major, the model's dtype token-major).
-    # With QUANT, p_key_scale / p_value_scale point at this head's fp32 scales of middle index 0 (unread otherwise),
-    # and the products run in fp16 for a 16-bit model (fp32 for an fp32 one or when interpreting): the codes convert
-    # exactly, the query is divided by its largest kept entry (|q| <= 1) and the scores multiplied back, the value
-    # scales are divided by the chunk's largest (multiplied back on the output), see scaled_softmax_step.
+    # Softmax state (m_i, l_i, acc) of keys t_start .. t_stop of one head's middle: attend_middle_codes for an 8-bit
+    # middle (QUANT; p_key_scale / p_value_scale point at this head's fp32 scales of middle index 0), else
+    # attend_middle_values.
+    if QUANT:
+        m_i, l_i, acc = attend_middle_codes(
+            p_q, p_channels, m_g, p_k, p_v, stride_vt, stride_vd, p_key_mask, t_start, t_stop, scale_log2,
+            p_key_scale, p_value_scale, W, BLOCK_G, BLOCK_N, BLOCK_D, HEAD_DIM, UPCAST, DOT_PRECISION, HAS_KEY_MASK,
+        )  # fmt: skip
+    else:
+        m_i, l_i, acc = attend_middle_values(
+            p_q, p_channels, m_g, p_k, p_v, stride_vt, p_key_mask, t_start, t_stop, scale_log2, W, BLOCK_G,
+            BLOCK_N, BLOCK_D, HEAD_DIM, UPCAST, DOT_PRECISION, HAS_KEY_MASK,
+        )  # fmt: skip
+    return m_i, l_i, acc
+
+
+@triton.jit
+def attend_middle_values(
+    p_q,
+    p_channels,
+    m_g,
+    p_k,
+    p_v,
+    stride_vt,
+    p_key_mask,
+    t_start,
+    t_stop,
+    scale_log2,
+    W: tl.constexpr,
+    BLOCK_G: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    UPCAST: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    HAS_KEY_MASK: tl.constexpr,
+):
+    # A middle in the model's dtype, values token-major. A width W (multiple of 16) is read as power-of-two column
+    # parts, e.g. 96 = 64 + 32, each fully vectorised.
     P256: tl.constexpr = W & 256
     P128: tl.constexpr = W & 128
     P64: tl.constexpr = W & 64
@@ -192,8 +206,6 @@ def attend_middle(
     O64: tl.constexpr = W - W % 128
     O32: tl.constexpr = W - W % 64
     O16: tl.constexpr = W - W % 32
-    HALF: tl.constexpr = QUANT and not UPCAST and p_q.dtype.element_ty != tl.float32
-    CODE_DTYPE: tl.constexpr = tl.float16 if HALF else tl.float32
     if P256:
         q256 = load_query_part(p_q, p_channels, m_g, 0, 256, UPCAST)
     if P128:
@@ -204,53 +216,17 @@ def attend_middle(
         q32 = load_query_part(p_q, p_channels, m_g, O32, 32, UPCAST)
     if P16:
         q16 = load_query_part(p_q, p_channels, m_g, O16, 16, UPCAST)
-    if QUANT:
-        q_max = tl.zeros([BLOCK_G], dtype=tl.float32)
-        if P256:
-            q_max = tl.maximum(q_max, row_abs_max(q256))
-        if P128:
-            q_max = tl.maximum(q_max, row_abs_max(q128))
-        if P64:
-            q_max = tl.maximum(q_max, row_abs_max(q64))
-        if P32:
-            q_max = tl.maximum(q_max, row_abs_max(q32))
-        if P16:
-            q_max = tl.maximum(q_max, row_abs_max(q16))
-        q_max = tl.where(q_max > 0, q_max, 1.0)
-        inv_max = 1.0 / q_max
-        row_scale = q_max * scale_log2
-        if P256:
-            q256 = normalized_query_part(q256, inv_max, CODE_DTYPE)
-        if P128:
-            q128 = normalized_query_part(q128, inv_max, CODE_DTYPE)
-        if P64:
-            q64 = normalized_query_part(q64, inv_max, CODE_DTYPE)
-        if P32:
-            q32 = normalized_query_part(q32, inv_max, CODE_DTYPE)
-        if P16:
-            q16 = normalized_query_part(q16, inv_max, CODE_DTYPE)
     o_n = tl.arange(0, BLOCK_N)
     o_d = tl.arange(0, BLOCK_D)
     m_d = o_d < HEAD_DIM
     m_i = tl.full([BLOCK_G], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_G], dtype=tl.float32)
     acc = tl.zeros([BLOCK_G, BLOCK_D], dtype=tl.float32)
-    # With QUANT, tiles start on a TOKEN_GROUP boundary, so the values (channel-major codes) load aligned; they are read
-    # in whole groups (an unmasked run per channel; the storage has room, layout.new_value_storage),
-    # keys and scales only where valid.
-    t_first = t_start // TOKEN_GROUP * TOKEN_GROUP if QUANT else t_start
-    t_groups = (t_stop + TOKEN_GROUP - 1) // TOKEN_GROUP * TOKEN_GROUP
-    if QUANT:
-        v_max = chunk_max(p_value_scale, p_key_mask, t_first, t_start, t_stop, BLOCK_N, HAS_KEY_MASK)
-        inv_v_max = 1.0 / v_max
-        l_parts = tl.zeros([BLOCK_G, BLOCK_N], dtype=tl.float32)
     # 64-bit tile pointers advanced per tile; in-tile offsets stay 32-bit.
-    p_k_tile = p_k + t_first.to(tl.int64) * W
-    p_v_tile = p_v + t_first.to(tl.int64) * stride_vt
-    for start in range(t_first, t_stop, BLOCK_N):
+    p_k_tile = p_k + t_start.to(tl.int64) * W
+    p_v_tile = p_v + t_start.to(tl.int64) * stride_vt
+    for start in range(t_start, t_stop, BLOCK_N):
         valid = start + o_n < t_stop
-        if QUANT:
-            valid &= start + o_n >= t_start
         if HAS_KEY_MASK:  # mask bytes of this tile's global slots (p_key_mask points at middle index 0)
             valid &= tl.load(p_key_mask + start + o_n, mask=valid, other=0) != 0
         scores = tl.zeros([BLOCK_G, BLOCK_N], dtype=tl.float32)
@@ -264,27 +240,153 @@ def attend_middle(
             scores = middle_part_scores(scores, q32, p_k_tile, o_n, valid, W, O32, 32, UPCAST, DOT_PRECISION)
         if P16:
             scores = middle_part_scores(scores, q16, p_k_tile, o_n, valid, W, O16, 16, UPCAST, DOT_PRECISION)
-        p_v_block = p_v_tile + o_n[:, None] * stride_vt + o_d[None, :] * stride_vd
-        v_rows = (start + o_n < t_groups) if QUANT else valid
-        v = tl.load(p_v_block, mask=v_rows[:, None] & m_d[None, :], other=0.0)
-        if QUANT:  # q . (s k) = s (q . k); the value scales go to the probabilities
-            v = codes_to(v, CODE_DTYPE)
-            key_scale = tl.load(p_key_scale + start + o_n, mask=valid, other=0.0)
-            value_scale = tl.load(p_value_scale + start + o_n, mask=valid, other=0.0)
-            scores = scores * key_scale[None, :]
-            m_i, l_parts, acc = scaled_softmax_step(
-                scores, row_scale, valid, v, m_i, l_parts, acc, value_scale * inv_v_max, DOT_PRECISION
-            )  # fmt: skip
-        else:
-            if UPCAST:
-                v = v.to(tl.float32)
-            m_i, l_i, acc = online_softmax_step(scores * scale_log2, valid, v, m_i, l_i, acc, DOT_PRECISION)
+        v = tl.load(p_v_tile + o_n[:, None] * stride_vt + o_d[None, :], mask=valid[:, None] & m_d[None, :], other=0.0)
+        if UPCAST:
+            v = v.to(tl.float32)
+        m_i, l_i, acc = online_softmax_step(scores * scale_log2, valid, v, m_i, l_i, acc, DOT_PRECISION)
         p_k_tile += BLOCK_N * W
         p_v_tile += BLOCK_N * stride_vt
-    if QUANT:
-        l_i = tl.sum(l_parts, 1)
-        acc *= v_max
     return m_i, l_i, acc
+
+
+@triton.jit
+def transposed_query_part(q, inv_max, dtype: tl.constexpr):
+    # q [BLOCK_G, P] divided by its rows' largest kept entry, as the [P, BLOCK_G] operand of the middle's products
+    return tl.trans(normalized_query_part(q, inv_max, dtype))
+
+
+@triton.jit
+def code_part_scores(scores, qt, p_k, o_n, valid, W: tl.constexpr, OFF: tl.constexpr, P: tl.constexpr):
+    # scores [BLOCK_N, BLOCK_G] plus the codes of key columns OFF .. OFF + P of one tile times qt [P, BLOCK_G]
+    k = tl.load(p_k + o_n[:, None] * W + OFF + tl.arange(0, P)[None, :], mask=valid[:, None], other=0.0)
+    return scores + tl.dot(codes_to(k, qt.dtype), qt)
+
+
+@triton.jit
+def attend_middle_codes(
+    p_q,
+    p_channels,
+    m_g,
+    p_k,
+    p_v,
+    stride_vt,
+    stride_vd,
+    p_key_mask,
+    t_start,
+    t_stop,
+    scale_log2,
+    p_key_scale,
+    p_value_scale,
+    W: tl.constexpr,
+    BLOCK_G: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    UPCAST: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    HAS_KEY_MASK: tl.constexpr,
+):
+    # An 8-bit middle, keys as the rows of both products: scores^T [BLOCK_N, BLOCK_G] = k [BLOCK_N, W] @ q^T and
+    # acc^T [BLOCK_D, BLOCK_G] += v^T [BLOCK_D, BLOCK_N] @ p^T, so the codes (keys token-major, values channel-major)
+    # are the left operands, converted in registers, and the query the right one, loaded once. The products run in
+    # fp16 for a 16-bit model (fp32 for an fp32 one or when interpreting): the codes convert exactly, the query is
+    # divided by its largest kept entry (|q| <= 1) and the scores multiplied back, the value scales are divided by the
+    # chunk's largest (multiplied back on the output); the probabilities' row sums are kept per key (l_parts, summed
+    # once after the last tile). Softmax and accumulation stay fp32.
+    P256: tl.constexpr = W & 256
+    P128: tl.constexpr = W & 128
+    P64: tl.constexpr = W & 64
+    P32: tl.constexpr = W & 32
+    P16: tl.constexpr = W & 16
+    O128: tl.constexpr = W - W % 256
+    O64: tl.constexpr = W - W % 128
+    O32: tl.constexpr = W - W % 64
+    O16: tl.constexpr = W - W % 32
+    CODE_DTYPE: tl.constexpr = tl.float32 if UPCAST or p_q.dtype.element_ty == tl.float32 else tl.float16
+    if P256:
+        q256 = load_query_part(p_q, p_channels, m_g, 0, 256, UPCAST)
+    if P128:
+        q128 = load_query_part(p_q, p_channels, m_g, O128, 128, UPCAST)
+    if P64:
+        q64 = load_query_part(p_q, p_channels, m_g, O64, 64, UPCAST)
+    if P32:
+        q32 = load_query_part(p_q, p_channels, m_g, O32, 32, UPCAST)
+    if P16:
+        q16 = load_query_part(p_q, p_channels, m_g, O16, 16, UPCAST)
+    q_max = tl.zeros([BLOCK_G], dtype=tl.float32)
+    if P256:
+        q_max = tl.maximum(q_max, row_abs_max(q256))
+    if P128:
+        q_max = tl.maximum(q_max, row_abs_max(q128))
+    if P64:
+        q_max = tl.maximum(q_max, row_abs_max(q64))
+    if P32:
+        q_max = tl.maximum(q_max, row_abs_max(q32))
+    if P16:
+        q_max = tl.maximum(q_max, row_abs_max(q16))
+    q_max = tl.where(q_max > 0, q_max, 1.0)
+    inv_max = 1.0 / q_max
+    row_scale = q_max * scale_log2
+    if P256:
+        q256 = transposed_query_part(q256, inv_max, CODE_DTYPE)
+    if P128:
+        q128 = transposed_query_part(q128, inv_max, CODE_DTYPE)
+    if P64:
+        q64 = transposed_query_part(q64, inv_max, CODE_DTYPE)
+    if P32:
+        q32 = transposed_query_part(q32, inv_max, CODE_DTYPE)
+    if P16:
+        q16 = transposed_query_part(q16, inv_max, CODE_DTYPE)
+    o_n = tl.arange(0, BLOCK_N)
+    o_d = tl.arange(0, BLOCK_D)
+    m_d = o_d < HEAD_DIM
+    m_i = tl.full([BLOCK_G], float("-inf"), dtype=tl.float32)
+    l_parts = tl.zeros([BLOCK_N, BLOCK_G], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_D, BLOCK_G], dtype=tl.float32)
+    # Tiles start on a TOKEN_GROUP boundary, so the values (channel-major codes) load aligned; they are read in whole
+    # groups (an unmasked run per channel; the storage has room, layout.new_value_storage), keys and scales only where
+    # valid.
+    t_first = t_start // TOKEN_GROUP * TOKEN_GROUP
+    t_groups = (t_stop + TOKEN_GROUP - 1) // TOKEN_GROUP * TOKEN_GROUP
+    v_max = chunk_max(p_value_scale, p_key_mask, t_first, t_start, t_stop, BLOCK_N, HAS_KEY_MASK)
+    inv_v_max = 1.0 / v_max
+    # 64-bit tile pointers advanced per tile; in-tile offsets stay 32-bit.
+    p_k_tile = p_k + t_first.to(tl.int64) * W
+    p_v_tile = p_v + t_first.to(tl.int64) * stride_vt
+    for start in range(t_first, t_stop, BLOCK_N):
+        valid = (start + o_n < t_stop) & (start + o_n >= t_start)
+        if HAS_KEY_MASK:  # mask bytes of this tile's global slots (p_key_mask points at middle index 0)
+            valid &= tl.load(p_key_mask + start + o_n, mask=valid, other=0) != 0
+        scores = tl.zeros([BLOCK_N, BLOCK_G], dtype=tl.float32)
+        if P256:
+            scores = code_part_scores(scores, q256, p_k_tile, o_n, valid, W, 0, 256)
+        if P128:
+            scores = code_part_scores(scores, q128, p_k_tile, o_n, valid, W, O128, 128)
+        if P64:
+            scores = code_part_scores(scores, q64, p_k_tile, o_n, valid, W, O64, 64)
+        if P32:
+            scores = code_part_scores(scores, q32, p_k_tile, o_n, valid, W, O32, 32)
+        if P16:
+            scores = code_part_scores(scores, q16, p_k_tile, o_n, valid, W, O16, 16)
+        v_rows = start + o_n < t_groups
+        p_vt = p_v_tile + o_d[:, None] * stride_vd + o_n[None, :] * stride_vt
+        vt = tl.load(p_vt, mask=m_d[:, None] & v_rows[None, :], other=0.0)
+        vt = codes_to(vt, CODE_DTYPE)
+        key_scale = tl.load(p_key_scale + start + o_n, mask=valid, other=0.0)
+        value_weight = tl.load(p_value_scale + start + o_n, mask=valid, other=0.0) * inv_v_max
+        # q . (s k) = s (q . k); logits (log2 domain) are scores * row_scale; p * value_weight lies in [0, 1]
+        scores = tl.where(valid[:, None], scores * key_scale[:, None], float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(scores, 0) * row_scale)
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp2(m_i - m_safe)
+        p = tl.exp2(scores * row_scale[None, :] - m_safe[None, :])
+        l_parts = l_parts * alpha[None, :] + p
+        pv = tl.dot(vt, (p * value_weight[:, None]).to(CODE_DTYPE), input_precision=DOT_PRECISION)
+        acc = acc * alpha[None, :] + pv
+        m_i = m_new
+        p_k_tile += BLOCK_N * W
+        p_v_tile += BLOCK_N * stride_vt
+    return m_i, tl.sum(l_parts, 0), tl.trans(acc) * v_max
 
 
 @triton.jit
@@ -337,13 +439,13 @@ def store_part_and_merge(
     out = acc / tl.where(has_keys, l_i, 1.0)[:, None]
     lse = tl.where(has_keys, m_i + tl.log2(tl.where(has_keys, l_i, 1.0)), float("-inf"))
     # O_PART [B, Hq, num_parts, HEAD_DIM] and LSE_PART [B, Hq, num_parts], both contiguous
-    row0 = (i_b * tl.num_programs(2) + i_h) * G  # first query head row of this (batch row, KV head)
+    row0 = (i_b * tl.num_programs(1) + i_h) * G  # first query head row of this (batch row, KV head)
     o_part = (row0 + o_g) * num_parts + i_part  # [BLOCK_G] int64
     tl.store(O_PART + o_part[:, None] * HEAD_DIM + o_d[None, :], out, mask=m_g[:, None] & m_d[None, :])
     tl.store(LSE_PART + o_part, lse, mask=m_g)
     # Every thread's stores precede the counter bump (release); the last program sees all parts (acquire).
     tl.debug_barrier()
-    p_counter = COUNTERS + i_b * tl.num_programs(2) + i_h
+    p_counter = COUNTERS + i_b * tl.num_programs(1) + i_h
     if tl.atomic_add(p_counter, 1, sem="acq_rel") == num_parts - 1:
         tl.atomic_xchg(p_counter, 0)
         merge_parts(O_PART, LSE_PART, OUT, row0, num_parts, G, G_POW, MERGE_S, HEAD_DIM, BLOCK_D)

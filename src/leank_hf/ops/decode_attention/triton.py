@@ -3,18 +3,20 @@
 Decode only (one query row per step); multi-token chunks against a compact cache take the PyTorch path
 (`leank_decode_attention` dispatches).
 
-The launch has one program per `(split, batch row, KV head)`, KV heads ordered as stored (widest first, so the
-longest programs start first). Split 0 attends the full region (sinks + recent window, all channels); splits `1..S`
-each attend one chunk of the compact middle region, reading the head's contiguous `[T, width]` key block and its
-`[T, head_dim]` value block. All query heads of a GQA group form one tile, so every key byte is read once. Each
-program writes a normalised partial output and its log-sum-exp (base 2) in fp32, then bumps a per-(row, head)
-counter; the program that finishes last merges the parts of its query heads and resets the counter to zero.
+The launch has one program per `(batch row, KV head, split)`, started split by split (the grid's slowest axis), KV
+heads ordered as stored (widest first): the longest programs start first and the last wave holds middle chunks, not a
+full region (~3x a chunk's bytes) that would leave the other SMs idle. Split 0 attends the full region (sinks +
+recent window, all channels); splits `1..S` each attend one chunk of the compact middle region, reading the head's
+contiguous `[T, width]` key block and its `[T, head_dim]` value block (channel-major `[head_dim, T]` codes for an
+8-bit middle). All query heads of a GQA group form one tile, so every key byte is read once. Each program writes a
+normalised partial output and its log-sum-exp (base 2) in fp32, then bumps a per-(row, head) counter; the program
+that finishes last merges the parts of its query heads and resets the counter to zero.
 
-An 8-bit middle (`QUANT`; `ops.decode_attention.quantization`) is read as codes, its values channel-major: each
-tile's codes are converted in registers to fp16 (exact for int8 and e4m3 codes; fp32 for an fp32 model), multiplied
-with the query divided by its largest entry, and the key scales and that divisor multiply the tile's scores; the value
-scales go to the probabilities before the value product (`tiles.scaled_softmax_step`). Softmax and accumulation stay
-fp32.
+An 8-bit middle (`QUANT`; `ops.decode_attention.quantization`) is read as codes with keys as the rows of both
+products (`tiles.attend_middle_codes`): each tile's codes are converted in registers to fp16 (exact for int8 and e4m3
+codes; fp32 for an fp32 model) and multiplied with the query divided by its largest entry; the key scales and that
+divisor multiply the tile's scores, the value scales go to the probabilities before the value product. Softmax and
+accumulation stay fp32.
 """
 
 from __future__ import annotations
@@ -26,7 +28,16 @@ import triton
 import triton.language as tl
 
 from ...errors import LeanKUsageError
-from .launch import INTERPRETED, LOG2E, TileSettings, check_middle_dtypes, choose_splits, sm_count, tile_settings
+from .launch import (
+    INTERPRETED,
+    LOG2E,
+    TileSettings,
+    check_middle_dtypes,
+    choose_splits,
+    query_block,
+    sm_count,
+    tile_settings,
+)
 from .layout import CompactKV
 from .tiles import attend_full_tile, attend_middle, store_part_and_merge
 
@@ -62,9 +73,9 @@ def _leank_decode_kernel(
     G_POW: tl.constexpr, MERGE_S: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
     HAS_KEY_MASK: tl.constexpr, QUANT: tl.constexpr, FULL_BLOCK_N: tl.constexpr,
 ):  # fmt: skip
-    i_split = tl.program_id(0)
-    i_b = tl.program_id(1).to(tl.int64)
-    i_h = tl.load(STORAGE_ORDER + tl.program_id(2))
+    i_b = tl.program_id(0).to(tl.int64)
+    i_h = tl.load(STORAGE_ORDER + tl.program_id(1))
+    i_split = tl.program_id(2)
     pad = tl.load(PAD + i_b)
     p_key_mask = KEY_MASK + i_b * stride_kmb  # this row's mask bytes by global slot (unused without a mask)
     o_g = tl.arange(0, BLOCK_G)
@@ -273,7 +284,7 @@ def leank_decode_fwd(
     # fp32 scales of an 8-bit middle; without them, any tensor (never read: QUANT is False).
     key_scales, value_scales = (kv.mid_key_scales, kv.mid_value_scales) if quant else (partial_lse, partial_lse)
     scale_strides = (key_scales.stride(0), key_scales.stride(1)) if quant else (0, 0)
-    _leank_decode_kernel[(num_parts, batch, num_kv_heads)](
+    _leank_decode_kernel[(batch, num_kv_heads, num_parts)](
         query, kv.full_keys, kv.full_values, kv.mid_keys, mid_values, key_scales, value_scales, kv.pad, key_mask,
         layout.widths, layout.channels, layout.offsets, layout.value_slots, layout.storage_order,
         partial_out, partial_lse, _counters(query.device, batch * num_kv_heads), out,
@@ -287,7 +298,7 @@ def leank_decode_fwd(
         scale * LOG2E,
         kv.sink_size, kv.sink_size + kv.num_recent, kv.recent_start, kv.query_start, kv.boundaries[0],
         kv.mid_cap, kv.num_mid, split_len, num_parts,
-        G=group, HEAD_DIM=head_dim, BLOCK_G=max(16, group_pow), BLOCK_N=block_n, BLOCK_D=block_d,
+        G=group, HEAD_DIM=head_dim, BLOCK_G=query_block(group_pow, quant), BLOCK_N=block_n, BLOCK_D=block_d,
         G_POW=group_pow, MERGE_S=max(1, 8192 // (group_pow * block_d)), UPCAST=INTERPRETED,
         DOT_PRECISION="ieee" if query.dtype == torch.float32 else "tf32", HAS_KEY_MASK=kv.key_mask is not None,
         QUANT=quant, FULL_BLOCK_N=min(settings.full_block_n, block_n), num_warps=num_warps,
