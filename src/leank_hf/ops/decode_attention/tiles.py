@@ -256,10 +256,12 @@ def transposed_query_part(q, inv_max, dtype: tl.constexpr):
 
 
 @triton.jit
-def code_part_scores(scores, qt, p_k, o_n, valid, W: tl.constexpr, OFF: tl.constexpr, P: tl.constexpr):
+def code_part_scores(
+    scores, qt, p_k, o_n, valid, W: tl.constexpr, OFF: tl.constexpr, P: tl.constexpr, DOT_PRECISION: tl.constexpr
+):
     # scores [BLOCK_N, BLOCK_G] plus the codes of key columns OFF .. OFF + P of one tile times qt [P, BLOCK_G]
     k = tl.load(p_k + o_n[:, None] * W + OFF + tl.arange(0, P)[None, :], mask=valid[:, None], other=0.0)
-    return scores + tl.dot(codes_to(k, qt.dtype), qt)
+    return scores + tl.dot(codes_to(k, qt.dtype), qt, input_precision=DOT_PRECISION)
 
 
 @triton.jit
@@ -359,15 +361,15 @@ def attend_middle_codes(
             valid &= tl.load(p_key_mask + start + o_n, mask=valid, other=0) != 0
         scores = tl.zeros([BLOCK_N, BLOCK_G], dtype=tl.float32)
         if P256:
-            scores = code_part_scores(scores, q256, p_k_tile, o_n, valid, W, 0, 256)
+            scores = code_part_scores(scores, q256, p_k_tile, o_n, valid, W, 0, 256, DOT_PRECISION)
         if P128:
-            scores = code_part_scores(scores, q128, p_k_tile, o_n, valid, W, O128, 128)
+            scores = code_part_scores(scores, q128, p_k_tile, o_n, valid, W, O128, 128, DOT_PRECISION)
         if P64:
-            scores = code_part_scores(scores, q64, p_k_tile, o_n, valid, W, O64, 64)
+            scores = code_part_scores(scores, q64, p_k_tile, o_n, valid, W, O64, 64, DOT_PRECISION)
         if P32:
-            scores = code_part_scores(scores, q32, p_k_tile, o_n, valid, W, O32, 32)
+            scores = code_part_scores(scores, q32, p_k_tile, o_n, valid, W, O32, 32, DOT_PRECISION)
         if P16:
-            scores = code_part_scores(scores, q16, p_k_tile, o_n, valid, W, O16, 16)
+            scores = code_part_scores(scores, q16, p_k_tile, o_n, valid, W, O16, 16, DOT_PRECISION)
         v_rows = start + o_n < t_groups
         p_vt = p_v_tile + o_d[:, None] * stride_vd + o_n[None, :] * stride_vt
         vt = tl.load(p_vt, mask=m_d[:, None] & v_rows[None, :], other=0.0)
