@@ -12,12 +12,10 @@ from dataclasses import dataclass
 
 import pytest
 import torch
-import triton
-import triton.language as tl
 
 from leank_hf import LeanKMasks
 from leank_hf.errors import LeanKUsageError
-from leank_hf.ops.decode_attention import launch, tiles
+from leank_hf.ops.decode_attention import launch
 from leank_hf.ops.decode_attention import triton as triton_decode
 from leank_hf.ops.decode_attention.layout import CompactKV
 from leank_hf.ops.decode_attention.naive import leank_decode_torch
@@ -78,10 +76,11 @@ def make_case(
     extra: int = 3,
     quant: str | None = None,
     value_gain: float = 1.0,
+    zero_values: list[int] | None = None,
 ) -> Case:
     """A decode step at slot `length - 1`. Stored elements the kernel must not read are `filler` (NaN by default);
     `holes[row]` lists global slots masked by a key mask of `length + extra` slots (stored as `filler` too). Values are
-    standard normal times `value_gain`."""
+    standard normal times `value_gain`, zero at the global slots `zero_values`."""
     generator = torch.Generator().manual_seed(seed)
     if isinstance(widths, torch.Tensor):
         mask = widths
@@ -92,6 +91,8 @@ def make_case(
     shape = (batch, num_heads, length, head_dim)
     keys = torch.randn(shape, generator=generator).to(dtype)
     values = (torch.randn(shape, generator=generator) * value_gain).to(dtype)
+    if zero_values:
+        values[:, :, zero_values] = 0
     query = torch.randn(batch, num_heads * group, 1, head_dim, generator=generator).to(dtype)
     pad = torch.tensor(pads, dtype=torch.int64)
     key_mask = None
@@ -256,33 +257,6 @@ def test_kernel_reads_an_8bit_middle(widths, head_dim, group, length, pads, hole
     assert_close(out, leank_decode_torch(finite.query, finite.kv, scale=0.125).double().cpu(), atol, rtol)
 
 
-@triton.jit
-def _chunk_max_kernel(SCALES, KEY_MASK, OUT, t_start, t_stop, BLOCK_N: tl.constexpr, HAS_KEY_MASK: tl.constexpr):
-    t_first = t_start // 16 * 16
-    tl.store(OUT, tiles.chunk_max(SCALES, KEY_MASK, t_first, t_start, t_stop, BLOCK_N, HAS_KEY_MASK))
-
-
-@pytest.mark.parametrize("has_key_mask", [False, True], ids=["no-mask", "key-mask"])
-def test_chunk_max_reads_only_attended_scales(has_key_mask):
-    """The value-scale bound of a middle chunk: the largest scale of the attended keys, 1 when none is positive. Keys
-    outside the chunk or masked hold larger scales, which must not be read."""
-    scales = torch.rand(300, generator=torch.Generator().manual_seed(0)) + 0.5
-    key_mask = torch.ones(300, dtype=torch.bool)
-    key_mask[[40, 41, 200]] = False
-    scales[:37] = scales[250:] = 1e6  # outside the chunk 37 .. 250
-    if has_key_mask:
-        scales[[40, 41, 200]] = 1e6
-    scales, key_mask = scales.to(DEVICE), key_mask.to(DEVICE)
-    out = torch.empty(1, device=DEVICE)
-    for block_n in (16, 64):
-        _chunk_max_kernel[(1,)](scales, key_mask.view(torch.uint8), out, 37, 250, block_n, has_key_mask)
-        attended = scales[37:250][key_mask[37:250]] if has_key_mask else scales[37:250]
-        assert out.item() == attended.max().item()
-    zeros = torch.where(key_mask, 0.0, 1e6) if has_key_mask else torch.zeros(300, device=DEVICE)
-    _chunk_max_kernel[(1,)](zeros, key_mask.view(torch.uint8), out, 37, 250, 64, has_key_mask)
-    assert out.item() == 1.0
-
-
 def test_choose_splits_fills_the_gpu():
     # batch 1 at 32K: many splits; batch 64: few; no middle: none. Chunks are whole tiles and cover the middle.
     for batch, num_mid in [(1, 32_000), (8, 32_000), (64, 131_000), (3, 100)]:
@@ -325,6 +299,24 @@ def test_gpu_default_blocks_long_context(dtype, atol, rtol):
     assert math.isfinite(float(out.float().abs().max()))
 
 
+@pytest.mark.parametrize("dtype, atol, rtol", DTYPES)
+@pytest.mark.parametrize("quant", ["int8", "fp8"])
+@pytest.mark.parametrize("zeroed", ["some", "all"])
+def test_kernel_weighs_all_zero_values(zeroed, quant, dtype, atol, rtol):
+    """Tokens whose values are all zero store a value scale of 0, which the 8-bit loop's running maximum (logits plus
+    log2 value scales) takes as 2^-100: their probabilities still count in the softmax sum, whether some middle tokens
+    or all of them are such."""
+    length = 203
+    slots = list(range(8, length, 3)) if zeroed == "some" else list(range(8, length))
+    case = make_case(
+        widths=[32, 0, 64, 16], head_dim=64, group=4, length=length, pads=[0, 17], dtype=dtype, seed=21, quant=quant,
+        zero_values=slots,
+    )  # fmt: skip
+    assert (case.kv.mid_value_scales[0, :, : case.kv.num_mid] == 0).any()
+    out = triton_decode.leank_decode_triton(case.query, case.kv, scale=0.125)
+    assert_close(out, dense_reference(case, 0.125), atol, rtol)
+
+
 def test_kernel_refuses_8bit_values_without_the_group_layout():
     """8-bit values must be channel-major with room for whole 16-token groups (the kernels read them so); token-major
     codes, or channel-major ones without the room, are refused with the fix named."""
@@ -352,8 +344,8 @@ def test_gpu_8bit_middle_default_blocks_long_context(quant, query_scale, value_g
     """The compiled 8-bit path at its default launch. Scaling the bf16 query by 2^17 (entries past fp16's 65504) and
     the softmax scale by 2^-17 leaves the logits unchanged: no fp16 overflow may show (an fp16 variant returned NaN
     here on an H200, see benchmarks/kernel_notes.md). Values of 2^-16 (value scales far below fp16's smallest normal
-    number) must keep their relative precision: the kernel bounds its fp16 value operand by the chunk's largest scale,
-    so the output divided by the gain matches the reference to the same tolerance."""
+    number) must keep their relative precision: the value scales enter the kernel's running maximum, which bounds its
+    fp16 value operand to [0, 1], so the output divided by the gain matches the reference to the same tolerance."""
     (mask,) = llama_layer_masks((17,))
     case = make_case(
         widths=mask, head_dim=128, group=4, length=4099, pads=[0, 333, 1000], dtype=torch.bfloat16, seed=5,

@@ -11,6 +11,7 @@ import triton.language as tl
 from .layout import CODE_GROUP
 
 TOKEN_GROUP = tl.constexpr(CODE_GROUP)  # 8-bit values are stored and read in whole groups of this many tokens
+LOG2_MIN_SCALE = tl.constexpr(-100.0)  # value scales below 2^-100 (zero: all-zero values) weigh as 2^-100
 
 
 @triton.jit
@@ -115,22 +116,6 @@ def row_abs_max(q):
 def normalized_query_part(q, inv_max, dtype: tl.constexpr):
     # q [BLOCK_G, P] divided by its rows' largest kept entry, in the middle's product dtype
     return (q.to(tl.float32) * inv_max[:, None]).to(dtype)
-
-
-@triton.jit
-def chunk_max(p_scale, p_key_mask, t_first, t_start, t_stop, BLOCK_N: tl.constexpr, HAS_KEY_MASK: tl.constexpr):
-    # Largest scale of the attended middle indices t_start .. t_stop (1 if none is positive), read in BLOCK_N tiles;
-    # masked keys are not read (their scales may be anything).
-    o_n = tl.arange(0, BLOCK_N)
-    largest = tl.zeros([BLOCK_N], dtype=tl.float32)
-    for start in range(t_first, t_stop, BLOCK_N):
-        rows = start + o_n
-        readable = (rows >= t_start) & (rows < t_stop)
-        if HAS_KEY_MASK:
-            readable &= tl.load(p_key_mask + rows, mask=readable, other=0) != 0
-        largest = tl.maximum(largest, tl.load(p_scale + rows, mask=readable, other=0.0))
-    largest = tl.max(largest, 0)
-    return tl.where(largest > 0, largest, 1.0)
 
 
 @triton.jit
@@ -292,9 +277,9 @@ def attend_middle_codes(
     # acc^T [BLOCK_D, BLOCK_G] += v^T [BLOCK_D, BLOCK_N] @ p^T, so the codes (keys token-major, values channel-major)
     # are the left operands, converted in registers, and the query the right one, loaded once. The products run in
     # fp16 for a 16-bit model (fp32 for an fp32 one or when interpreting): the codes convert exactly, the query is
-    # divided by its largest kept entry (|q| <= 1) and the scores multiplied back, the value scales are divided by the
-    # chunk's largest (multiplied back on the output); the probabilities' row sums are kept per key (l_parts, summed
-    # once after the last tile). Softmax and accumulation stay fp32.
+    # divided by its largest kept entry (|q| <= 1) and the scores multiplied back, the value scales enter the running
+    # maximum (below), so the value operand lies in [0, 1]; the probabilities' row sums are kept per key (l_parts,
+    # summed once after the last tile). Softmax and accumulation stay fp32.
     P256: tl.constexpr = W & 256
     P128: tl.constexpr = W & 128
     P64: tl.constexpr = W & 64
@@ -350,8 +335,6 @@ def attend_middle_codes(
     # valid.
     t_first = t_start // TOKEN_GROUP * TOKEN_GROUP
     t_groups = (t_stop + TOKEN_GROUP - 1) // TOKEN_GROUP * TOKEN_GROUP
-    v_max = chunk_max(p_value_scale, p_key_mask, t_first, t_start, t_stop, BLOCK_N, HAS_KEY_MASK)
-    inv_v_max = 1.0 / v_max
     # 64-bit tile pointers advanced per tile; in-tile offsets stay 32-bit.
     p_k_tile = p_k + t_first.to(tl.int64) * W
     p_v_tile = p_v + t_first.to(tl.int64) * stride_vt
@@ -375,20 +358,24 @@ def attend_middle_codes(
         vt = tl.load(p_vt, mask=m_d[:, None] & v_rows[None, :], other=0.0)
         vt = codes_to(vt, CODE_DTYPE)
         key_scale = tl.load(p_key_scale + start + o_n, mask=valid, other=0.0)
-        value_weight = tl.load(p_value_scale + start + o_n, mask=valid, other=0.0) * inv_v_max
-        # q . (s k) = s (q . k); logits (log2 domain) are scores * row_scale; p * value_weight lies in [0, 1]
-        scores = tl.where(valid[:, None], scores * key_scale[:, None], float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(scores, 0) * row_scale)
+        value_scale = tl.load(p_value_scale + start + o_n, mask=valid, other=1.0)
+        # q . (s k) = s (q . k): logits (log2 domain) = scores * key scale * row_scale. The value scale joins them as
+        # a log2 (a zero scale, all-zero values, as LOG2_MIN_SCALE), and the running maximum m is that of the sums: the
+        # value operand exp2(logits + log2(value scale) - m) lies in [0, 1] whatever the scales' magnitude, and the
+        # probabilities' sum exp2(logits - m) shares its m (each term at most 2^-LOG2_MIN_SCALE).
+        logits = tl.where(valid[:, None], scores * key_scale[:, None] * row_scale[None, :], float("-inf"))
+        log2_value_scale = tl.maximum(tl.log2(value_scale), LOG2_MIN_SCALE)
+        weighted = logits + log2_value_scale[:, None]
+        m_new = tl.maximum(m_i, tl.max(weighted, 0))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
         alpha = tl.exp2(m_i - m_safe)
-        p = tl.exp2(scores * row_scale[None, :] - m_safe[None, :])
-        l_parts = l_parts * alpha[None, :] + p
-        pv = tl.dot(vt, (p * value_weight[:, None]).to(CODE_DTYPE), input_precision=DOT_PRECISION)
-        acc = acc * alpha[None, :] + pv
+        l_parts = l_parts * alpha[None, :] + tl.exp2(logits - m_safe[None, :])
+        weights = tl.exp2(weighted - m_safe[None, :]).to(CODE_DTYPE)
+        acc = acc * alpha[None, :] + tl.dot(vt, weights, input_precision=DOT_PRECISION)
         m_i = m_new
         p_k_tile += BLOCK_N * W
         p_v_tile += BLOCK_N * stride_vt
-    return m_i, tl.sum(l_parts, 0), tl.trans(acc) * v_max
+    return m_i, tl.sum(l_parts, 0), tl.trans(acc)
 
 
 @triton.jit
