@@ -71,8 +71,8 @@ class TileSettings:
 def tile_settings(quantized: bool) -> TileSettings:
     """Default settings, from `benchmarks/tune_kernel.py` on an H200 (32K tokens, batch 8), by the middle's storage
     (8-bit codes or the model's dtype). 8-bit: 168 registers, the most that lets three 4-warp programs share an SM
-    (uncapped, the widest loops take 212-255 and two fit; at 128 four fit, but the loops spill and ran slower), and 3
-    stages keep more bytes in flight."""
+    (uncapped, the widest loops take 212-255 and two fit), and 3 stages keep more bytes in flight; more programs per
+    SM (2 stages with 128 or 96 registers, or 8 warps) and 64-key tiles ran slower."""
     return TileSettings(128, 64, 3, 168) if quantized else TileSettings(64, 64, 3, None)
 
 
