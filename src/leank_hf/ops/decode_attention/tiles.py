@@ -88,23 +88,63 @@ def codes_to(x, dtype: tl.constexpr):
 
 
 @triton.jit
-def middle_part_scores(
-    scores,
-    q,
-    p_k,
-    o_n,
-    valid,
-    W: tl.constexpr,
-    OFF: tl.constexpr,
-    P: tl.constexpr,
-    UPCAST: tl.constexpr,
+def query_parts(p_q, p_channels, m_g, W: tl.constexpr, UPCAST: tl.constexpr):
+    # The query's kept channels of one head as the power-of-two column parts of the width W (256, 128, 64, 32 and 16
+    # columns at increasing offsets, e.g. 96 = 64 + 32), each [BLOCK_G, P]; a part W lacks is an unread placeholder.
+    q256 = tl.zeros([1, 1], dtype=tl.float32)
+    q128 = q256
+    q64 = q256
+    q32 = q256
+    q16 = q256
+    if W & 256:
+        q256 = load_query_part(p_q, p_channels, m_g, 0, 256, UPCAST)
+    if W & 128:
+        q128 = load_query_part(p_q, p_channels, m_g, W - W % 256, 128, UPCAST)
+    if W & 64:
+        q64 = load_query_part(p_q, p_channels, m_g, W - W % 128, 64, UPCAST)
+    if W & 32:
+        q32 = load_query_part(p_q, p_channels, m_g, W - W % 64, 32, UPCAST)
+    if W & 16:
+        q16 = load_query_part(p_q, p_channels, m_g, W - W % 32, 16, UPCAST)
+    return q256, q128, q64, q32, q16
+
+
+@triton.jit
+def part_scores(
+    scores, q, p_k, o_n, valid, W: tl.constexpr, P: tl.constexpr, KEYS_AS_ROWS: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
-):
-    # Keys of one tile are a contiguous [BLOCK_N, W] block; this reads its columns OFF .. OFF + P, converted to the
-    # dtype of q (fp32 when interpreting; fp16 for 8-bit codes and a 16-bit model, see attend_middle).
+):  # fmt: skip
+    # Keys of one tile are a contiguous [BLOCK_N, W] block; this reads the columns of its part P (see query_parts),
+    # converted to the dtype of q (fp32 when interpreting; fp16 for 8-bit codes and a 16-bit model), and adds their
+    # product with q: scores [BLOCK_G, BLOCK_N] += q [BLOCK_G, P] @ k^T, or with KEYS_AS_ROWS scores [BLOCK_N,
+    # BLOCK_G] += k @ q, q being [P, BLOCK_G].
+    OFF: tl.constexpr = W - W % (2 * P)
     k = tl.load(p_k + o_n[:, None] * W + OFF + tl.arange(0, P)[None, :], mask=valid[:, None], other=0.0)
     k = codes_to(k, q.dtype)
-    return scores + tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
+    if KEYS_AS_ROWS:
+        product = tl.dot(k, q, input_precision=DOT_PRECISION)
+    else:
+        product = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
+    return scores + product
+
+
+@triton.jit
+def tile_scores(
+    scores, q256, q128, q64, q32, q16, p_k, o_n, valid, W: tl.constexpr, KEYS_AS_ROWS: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):  # fmt: skip
+    # scores plus the products of one tile's keys with every query part W has (see part_scores)
+    if W & 256:
+        scores = part_scores(scores, q256, p_k, o_n, valid, W, 256, KEYS_AS_ROWS, DOT_PRECISION)
+    if W & 128:
+        scores = part_scores(scores, q128, p_k, o_n, valid, W, 128, KEYS_AS_ROWS, DOT_PRECISION)
+    if W & 64:
+        scores = part_scores(scores, q64, p_k, o_n, valid, W, 64, KEYS_AS_ROWS, DOT_PRECISION)
+    if W & 32:
+        scores = part_scores(scores, q32, p_k, o_n, valid, W, 32, KEYS_AS_ROWS, DOT_PRECISION)
+    if W & 16:
+        scores = part_scores(scores, q16, p_k, o_n, valid, W, 16, KEYS_AS_ROWS, DOT_PRECISION)
+    return scores
 
 
 @triton.jit
@@ -180,27 +220,9 @@ def attend_middle_values(
     DOT_PRECISION: tl.constexpr,
     HAS_KEY_MASK: tl.constexpr,
 ):
-    # A middle in the model's dtype, values token-major. A width W (multiple of 16) is read as power-of-two column
-    # parts, e.g. 96 = 64 + 32, each fully vectorised.
-    P256: tl.constexpr = W & 256
-    P128: tl.constexpr = W & 128
-    P64: tl.constexpr = W & 64
-    P32: tl.constexpr = W & 32
-    P16: tl.constexpr = W & 16
-    O128: tl.constexpr = W - W % 256
-    O64: tl.constexpr = W - W % 128
-    O32: tl.constexpr = W - W % 64
-    O16: tl.constexpr = W - W % 32
-    if P256:
-        q256 = load_query_part(p_q, p_channels, m_g, 0, 256, UPCAST)
-    if P128:
-        q128 = load_query_part(p_q, p_channels, m_g, O128, 128, UPCAST)
-    if P64:
-        q64 = load_query_part(p_q, p_channels, m_g, O64, 64, UPCAST)
-    if P32:
-        q32 = load_query_part(p_q, p_channels, m_g, O32, 32, UPCAST)
-    if P16:
-        q16 = load_query_part(p_q, p_channels, m_g, O16, 16, UPCAST)
+    # A middle in the model's dtype, values token-major; the width W is read in power-of-two column parts, each fully
+    # vectorised (query_parts).
+    q256, q128, q64, q32, q16 = query_parts(p_q, p_channels, m_g, W, UPCAST)
     o_n = tl.arange(0, BLOCK_N)
     o_d = tl.arange(0, BLOCK_D)
     m_d = o_d < HEAD_DIM
@@ -215,16 +237,7 @@ def attend_middle_values(
         if HAS_KEY_MASK:  # mask bytes of this tile's global slots (p_key_mask points at middle index 0)
             valid &= tl.load(p_key_mask + start + o_n, mask=valid, other=0) != 0
         scores = tl.zeros([BLOCK_G, BLOCK_N], dtype=tl.float32)
-        if P256:
-            scores = middle_part_scores(scores, q256, p_k_tile, o_n, valid, W, 0, 256, UPCAST, DOT_PRECISION)
-        if P128:
-            scores = middle_part_scores(scores, q128, p_k_tile, o_n, valid, W, O128, 128, UPCAST, DOT_PRECISION)
-        if P64:
-            scores = middle_part_scores(scores, q64, p_k_tile, o_n, valid, W, O64, 64, UPCAST, DOT_PRECISION)
-        if P32:
-            scores = middle_part_scores(scores, q32, p_k_tile, o_n, valid, W, O32, 32, UPCAST, DOT_PRECISION)
-        if P16:
-            scores = middle_part_scores(scores, q16, p_k_tile, o_n, valid, W, O16, 16, UPCAST, DOT_PRECISION)
+        scores = tile_scores(scores, q256, q128, q64, q32, q16, p_k_tile, o_n, valid, W, False, DOT_PRECISION)
         v = tl.load(p_v_tile + o_n[:, None] * stride_vt + o_d[None, :], mask=valid[:, None] & m_d[None, :], other=0.0)
         if UPCAST:
             v = v.to(tl.float32)
@@ -238,15 +251,6 @@ def attend_middle_values(
 def transposed_query_part(q, inv_max, dtype: tl.constexpr):
     # q [BLOCK_G, P] divided by its rows' largest kept entry, as the [P, BLOCK_G] operand of the middle's products
     return tl.trans(normalized_query_part(q, inv_max, dtype))
-
-
-@triton.jit
-def code_part_scores(
-    scores, qt, p_k, o_n, valid, W: tl.constexpr, OFF: tl.constexpr, P: tl.constexpr, DOT_PRECISION: tl.constexpr
-):
-    # scores [BLOCK_N, BLOCK_G] plus the codes of key columns OFF .. OFF + P of one tile times qt [P, BLOCK_G]
-    k = tl.load(p_k + o_n[:, None] * W + OFF + tl.arange(0, P)[None, :], mask=valid[:, None], other=0.0)
-    return scores + tl.dot(codes_to(k, qt.dtype), qt, input_precision=DOT_PRECISION)
 
 
 @triton.jit
@@ -280,49 +284,31 @@ def attend_middle_codes(
     # divided by its largest kept entry (|q| <= 1) and the scores multiplied back, the value scales enter the running
     # maximum (below), so the value operand lies in [0, 1]; the probabilities' row sums are kept per key (l_parts,
     # summed once after the last tile). Softmax and accumulation stay fp32.
-    P256: tl.constexpr = W & 256
-    P128: tl.constexpr = W & 128
-    P64: tl.constexpr = W & 64
-    P32: tl.constexpr = W & 32
-    P16: tl.constexpr = W & 16
-    O128: tl.constexpr = W - W % 256
-    O64: tl.constexpr = W - W % 128
-    O32: tl.constexpr = W - W % 64
-    O16: tl.constexpr = W - W % 32
     CODE_DTYPE: tl.constexpr = tl.float32 if UPCAST or p_q.dtype.element_ty == tl.float32 else tl.float16
-    if P256:
-        q256 = load_query_part(p_q, p_channels, m_g, 0, 256, UPCAST)
-    if P128:
-        q128 = load_query_part(p_q, p_channels, m_g, O128, 128, UPCAST)
-    if P64:
-        q64 = load_query_part(p_q, p_channels, m_g, O64, 64, UPCAST)
-    if P32:
-        q32 = load_query_part(p_q, p_channels, m_g, O32, 32, UPCAST)
-    if P16:
-        q16 = load_query_part(p_q, p_channels, m_g, O16, 16, UPCAST)
+    q256, q128, q64, q32, q16 = query_parts(p_q, p_channels, m_g, W, UPCAST)
     q_max = tl.zeros([BLOCK_G], dtype=tl.float32)
-    if P256:
+    if W & 256:
         q_max = tl.maximum(q_max, row_abs_max(q256))
-    if P128:
+    if W & 128:
         q_max = tl.maximum(q_max, row_abs_max(q128))
-    if P64:
+    if W & 64:
         q_max = tl.maximum(q_max, row_abs_max(q64))
-    if P32:
+    if W & 32:
         q_max = tl.maximum(q_max, row_abs_max(q32))
-    if P16:
+    if W & 16:
         q_max = tl.maximum(q_max, row_abs_max(q16))
     q_max = tl.where(q_max > 0, q_max, 1.0)
     inv_max = 1.0 / q_max
     row_scale = q_max * scale_log2
-    if P256:
+    if W & 256:
         q256 = transposed_query_part(q256, inv_max, CODE_DTYPE)
-    if P128:
+    if W & 128:
         q128 = transposed_query_part(q128, inv_max, CODE_DTYPE)
-    if P64:
+    if W & 64:
         q64 = transposed_query_part(q64, inv_max, CODE_DTYPE)
-    if P32:
+    if W & 32:
         q32 = transposed_query_part(q32, inv_max, CODE_DTYPE)
-    if P16:
+    if W & 16:
         q16 = transposed_query_part(q16, inv_max, CODE_DTYPE)
     o_n = tl.arange(0, BLOCK_N)
     o_d = tl.arange(0, BLOCK_D)
@@ -343,16 +329,7 @@ def attend_middle_codes(
         if HAS_KEY_MASK:  # mask bytes of this tile's global slots (p_key_mask points at middle index 0)
             valid &= tl.load(p_key_mask + start + o_n, mask=valid, other=0) != 0
         scores = tl.zeros([BLOCK_N, BLOCK_G], dtype=tl.float32)
-        if P256:
-            scores = code_part_scores(scores, q256, p_k_tile, o_n, valid, W, 0, 256, DOT_PRECISION)
-        if P128:
-            scores = code_part_scores(scores, q128, p_k_tile, o_n, valid, W, O128, 128, DOT_PRECISION)
-        if P64:
-            scores = code_part_scores(scores, q64, p_k_tile, o_n, valid, W, O64, 64, DOT_PRECISION)
-        if P32:
-            scores = code_part_scores(scores, q32, p_k_tile, o_n, valid, W, O32, 32, DOT_PRECISION)
-        if P16:
-            scores = code_part_scores(scores, q16, p_k_tile, o_n, valid, W, O16, 16, DOT_PRECISION)
+        scores = tile_scores(scores, q256, q128, q64, q32, q16, p_k_tile, o_n, valid, W, True, DOT_PRECISION)
         v_rows = start + o_n < t_groups
         p_vt = p_v_tile + o_d[:, None] * stride_vd + o_n[None, :] * stride_vt
         vt = tl.load(p_vt, mask=m_d[:, None] & v_rows[None, :], other=0.0)
