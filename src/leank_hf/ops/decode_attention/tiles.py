@@ -160,29 +160,11 @@ def normalized_query_part(q, inv_max, dtype: tl.constexpr):
 
 @triton.jit
 def attend_middle(
-    p_q,
-    p_channels,
-    m_g,
-    p_k,
-    p_v,
-    stride_vt,
-    stride_vd,
-    p_key_mask,
-    t_start,
-    t_stop,
-    scale_log2,
-    p_key_scale,
-    p_value_scale,
-    W: tl.constexpr,
-    BLOCK_G: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    HEAD_DIM: tl.constexpr,
-    UPCAST: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
-    HAS_KEY_MASK: tl.constexpr,
+    p_q, p_channels, m_g, p_k, p_v, stride_vt, stride_vd, p_key_mask, t_start, t_stop, scale_log2, p_key_scale,
+    p_value_scale, W: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    HEAD_DIM: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, HAS_KEY_MASK: tl.constexpr,
     QUANT: tl.constexpr,
-):
+):  # fmt: skip
     # Softmax state (m_i, l_i, acc) of keys t_start .. t_stop of one head's middle: attend_middle_codes for an 8-bit
     # middle (QUANT; p_key_scale / p_value_scale point at this head's fp32 scales of middle index 0), else
     # attend_middle_values.
@@ -201,25 +183,10 @@ def attend_middle(
 
 @triton.jit
 def attend_middle_values(
-    p_q,
-    p_channels,
-    m_g,
-    p_k,
-    p_v,
-    stride_vt,
-    p_key_mask,
-    t_start,
-    t_stop,
-    scale_log2,
-    W: tl.constexpr,
-    BLOCK_G: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    HEAD_DIM: tl.constexpr,
-    UPCAST: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
-    HAS_KEY_MASK: tl.constexpr,
-):
+    p_q, p_channels, m_g, p_k, p_v, stride_vt, p_key_mask, t_start, t_stop, scale_log2, W: tl.constexpr,
+    BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr, UPCAST: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, HAS_KEY_MASK: tl.constexpr,
+):  # fmt: skip
     # A middle in the model's dtype, values token-major; the width W is read in power-of-two column parts, each fully
     # vectorised (query_parts).
     q256, q128, q64, q32, q16 = query_parts(p_q, p_channels, m_g, W, UPCAST)
@@ -255,28 +222,10 @@ def transposed_query_part(q, inv_max, dtype: tl.constexpr):
 
 @triton.jit
 def attend_middle_codes(
-    p_q,
-    p_channels,
-    m_g,
-    p_k,
-    p_v,
-    stride_vt,
-    stride_vd,
-    p_key_mask,
-    t_start,
-    t_stop,
-    scale_log2,
-    p_key_scale,
-    p_value_scale,
-    W: tl.constexpr,
-    BLOCK_G: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    HEAD_DIM: tl.constexpr,
-    UPCAST: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
-    HAS_KEY_MASK: tl.constexpr,
-):
+    p_q, p_channels, m_g, p_k, p_v, stride_vt, stride_vd, p_key_mask, t_start, t_stop, scale_log2, p_key_scale,
+    p_value_scale, W: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    HEAD_DIM: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, HAS_KEY_MASK: tl.constexpr,
+):  # fmt: skip
     # An 8-bit middle, keys as the rows of both products: scores^T [BLOCK_N, BLOCK_G] = k [BLOCK_N, W] @ q^T and
     # acc^T [BLOCK_D, BLOCK_G] += v^T [BLOCK_D, BLOCK_N] @ p^T, so the codes (keys token-major, values channel-major)
     # are the left operands, converted in registers, and the query the right one, loaded once. The products run in
