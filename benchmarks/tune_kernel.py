@@ -16,7 +16,7 @@ import torch
 import triton.testing
 
 from leank_hf import LeanKMasks
-from leank_hf.ops.decode_attention.launch import TileSettings, choose_splits, sm_count
+from leank_hf.ops.decode_attention.launch import TileSettings, middle_chunks, sm_count
 from leank_hf.ops.decode_attention.triton import _check_inputs, leank_decode_fwd
 from leank_hf.tools.benchmarks.kernel import _bench, _layer_caches, _leank_bytes, copy_bandwidth_gbps, host_us_per_call
 
@@ -68,7 +68,9 @@ def main() -> None:
     parser.add_argument("--block-n", default="32,64,128")
     parser.add_argument("--warps", default="4,8")
     parser.add_argument("--stages", default="2,3,4")
-    parser.add_argument("--ctas-per-sm", default="2,4,8")
+    parser.add_argument(
+        "--chunking", default="equal", help="middle chunks: 'equal' or GUIDED:MIN_KEYS:PROGRAMS_PER_SM, comma-separated"
+    )
     parser.add_argument("--full-block-n", default="64", help="full-region slots per tile (at most --block-n)")
     parser.add_argument("--max-registers", default="0", help="per-thread register caps; 0: the compiler's choice")
     parser.add_argument("--points", default=",".join(f"{t}:{b}" for t, b in POINTS), help="context:batch,...")
@@ -98,25 +100,35 @@ def main() -> None:
             [int(x) for x in args.max_registers.split(",")],
         )
     )
-    ctas_options = [int(x) for x in args.ctas_per_sm.split(",")]
+    chunkings = args.chunking.split(",")
     for context, batch in points:
         caches = _layer_caches(masks, layers, context, batch, torch.bfloat16, args.middle_quant)
         query = torch.randn(batch, 32, 1, 128, device="cuda", dtype=torch.bfloat16)
         nbytes = statistics.fmean(_leank_bytes(kv, batch, 2) for kv in caches)
-        for (block_n, warps, stages, full_block_n, registers), ctas in itertools.product(settings, ctas_options):
+        for (block_n, warps, stages, full_block_n, registers), chunking in itertools.product(settings, chunkings):
             tiles = TileSettings(block_n, min(full_block_n, block_n), stages, registers or None)
-            label = f"bn={block_n:3d} w={warps} s={stages} fbn={tiles.full_block_n:3d} r={registers:3d} c={ctas}"
-            splits = [
-                choose_splits(batch, kv.layout.num_value_heads, kv.num_mid, block_n, sm_count(0), ctas)[0]
+            label = f"bn={block_n:3d} w={warps} s={stages} fbn={tiles.full_block_n:3d} r={registers:3d} {chunking:>12s}"
+            guided, min_keys, per_sm = (float(x) for x in chunking.split(":")) if ":" in chunking else (0, 512, 3)
+            chunks = [
+                middle_chunks(
+                    batch,
+                    kv.layout.num_value_heads,
+                    kv.num_mid,
+                    block_n,
+                    sm_count(0),
+                    guided=guided,
+                    programs_per_sm=int(per_sm),
+                    min_keys=int(min_keys),
+                )  # fmt: skip
                 for kv in caches
             ]
             try:
                 launch = functools.partial(leank_decode_fwd, query, scale=query_scale, num_warps=warps, settings=tiles)
                 times = [
                     triton.testing.do_bench_cudagraph(
-                        functools.partial(launch, kv, num_splits=s), rep=20, return_mode="median"
+                        functools.partial(launch, kv, chunks=bounds), rep=20, return_mode="median"
                     )
-                    for kv, s in zip(caches, splits)
+                    for kv, bounds in zip(caches, chunks)
                 ]
             except Exception as error:  # noqa: BLE001 - report settings the compiler rejects and go on
                 print(f"T={context} B={batch} {label}: {type(error).__name__}")
@@ -124,7 +136,7 @@ def main() -> None:
             ms = statistics.fmean(times)
             gbps = nbytes / (ms * 1e-3) / 1e9
             print(
-                f"T={context:6d} B={batch:2d} {label} splits={splits[0]:3d} "
+                f"T={context:6d} B={batch:2d} {label} chunks={len(chunks[0]) - 1:3d} "
                 f"{ms * 1e3:8.1f} us {gbps:6.0f} GB/s {100 * gbps / copy_gbps:4.0f}%",
                 flush=True,
             )

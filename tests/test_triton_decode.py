@@ -272,6 +272,37 @@ def test_choose_splits_fills_the_gpu():
     assert launch.choose_splits(1, 6, 32_000, 128, 132)[1] % 128 == 0
 
 
+def test_guided_chunks_shrink_toward_the_end():
+    # Llama shape at 32K tokens, batch 8, 6 heads with channels, 128-key tiles, 132 SMs of 3 programs.
+    num_mid = 31_872
+    chunks = launch.middle_chunks(8, 6, num_mid, 128, 132, guided=1.15, programs_per_sm=3, min_keys=1024)
+    lengths = [b - a for a, b in zip(chunks, chunks[1:])]
+    assert chunks[0] == 0 and chunks[-1] == num_mid
+    assert all(end % 128 == 0 for end in chunks[:-1])  # whole tiles but the last
+    assert lengths[:-1] == sorted(lengths[:-1], reverse=True) and min(lengths[:-1]) >= 1024
+    # the first chunk: the middle over 1.15 x the 49.5 programs each (row, head) gets at once, rounded up to a tile
+    assert lengths[0] == 128 * math.ceil(num_mid / (1.15 * 132 * 3 / 48) / 128)
+    # guided 0: choose_splits' equal chunks
+    splits, split_len = launch.choose_splits(8, 6, num_mid, 128, 132)
+    equal = tuple(min(num_mid, i * split_len) for i in range(splits + 1))
+    assert launch.middle_chunks(8, 6, num_mid, 128, 132) == equal
+    assert launch.middle_chunks(8, 0, num_mid, 128, 132, guided=1.15) == (0,)
+
+
+@pytest.mark.parametrize("guided, min_keys", [(1.15, 16), (0.75, 32), (3.0, 16)])
+def test_kernel_reads_guided_chunks(guided, min_keys):
+    """Chunks of decreasing lengths (a pad inside them, an 8-bit middle's 16-token groups cut at tile edges)."""
+    for quant in (None, "int8"):
+        case = make_case(
+            widths=[32, 0, 16], head_dim=32, group=2, length=260, pads=[0, 37], dtype=torch.float32, seed=9,
+            quant=quant,
+        )  # fmt: skip
+        chunks = launch.middle_chunks(2, 2, case.kv.num_mid, 16, 8, guided=guided, programs_per_sm=2, min_keys=min_keys)
+        assert len({b - a for a, b in zip(chunks, chunks[1:])}) > 1
+        out = triton_decode.leank_decode_fwd(case.query, case.kv, 0.3, chunks=chunks, block_n=16)
+        assert_close(out, dense_reference(case, 0.3), 1e-5, 1e-5)
+
+
 def test_rejects_unsupported_inputs():
     case = make_case(widths=[32, 16], head_dim=32, group=2, length=40, pads=[0], dtype=torch.float32, seed=1)
     two_rows = case.query.expand(-1, -1, 2, -1)

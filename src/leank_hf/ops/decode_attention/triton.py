@@ -21,6 +21,7 @@ accumulation stay fp32.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -33,7 +34,7 @@ from .launch import (
     LOG2E,
     TileSettings,
     check_middle_dtypes,
-    choose_splits,
+    middle_chunks,
     query_block,
     sm_count,
     tile_settings,
@@ -53,13 +54,12 @@ _SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
         "boundary",
         "mid_cap",
         "num_mid",
-        "split_len",
         "num_parts",
     ]
 )
 def _leank_decode_kernel(
     Q, FULL_K, FULL_V, MID_K, MID_V, MID_KS, MID_VS, PAD, KEY_MASK, WIDTHS, CHANNELS, OFFSETS, VALUE_SLOTS,
-    STORAGE_ORDER, O_PART, LSE_PART, COUNTERS, OUT,
+    STORAGE_ORDER, CHUNK_STARTS, O_PART, LSE_PART, COUNTERS, OUT,
     stride_qb, stride_qh,
     stride_fkb, stride_fkh, stride_fkt,
     stride_fvb, stride_fvh, stride_fvt,
@@ -68,7 +68,7 @@ def _leank_decode_kernel(
     stride_msb, stride_msh,
     stride_kmb,
     scale_log2,
-    sink_size, num_full, recent_start, query_pos, boundary, mid_cap, num_mid, split_len, num_parts,
+    sink_size, num_full, recent_start, query_pos, boundary, mid_cap, num_mid, num_parts,
     G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     G_POW: tl.constexpr, MERGE_S: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
     HAS_KEY_MASK: tl.constexpr, QUANT: tl.constexpr, FULL_BLOCK_N: tl.constexpr,
@@ -107,8 +107,8 @@ def _leank_decode_kernel(
     else:
         # Middle chunk: index t is global slot sink_size + t; valid for pad <= t < boundary - sink_size.
         width = tl.load(WIDTHS + i_h)
-        t_start = tl.maximum((i_split - 1) * split_len, pad.to(tl.int32))
-        t_stop = tl.minimum(tl.minimum(i_split * split_len, num_mid), boundary - sink_size)
+        t_start = tl.maximum(tl.load(CHUNK_STARTS + i_split - 1), pad.to(tl.int32))
+        t_stop = tl.minimum(tl.minimum(tl.load(CHUNK_STARTS + i_split), num_mid), boundary - sink_size)
         if (width > 0) & (t_start < t_stop):
             key_offset = tl.multiple_of(tl.load(OFFSETS + i_h), 16)
             value_slot = tl.load(VALUE_SLOTS + i_h).to(tl.int64)
@@ -148,6 +148,13 @@ def _leank_decode_kernel(
         m_i, l_i, acc, O_PART, LSE_PART, COUNTERS, OUT, i_b, i_h, i_split, num_parts,
         G, G_POW, MERGE_S, HEAD_DIM, BLOCK_G, BLOCK_D,
     )  # fmt: skip
+
+
+@functools.lru_cache(maxsize=256)
+def _chunk_starts(device: torch.device, chunks: tuple[int, ...]) -> torch.Tensor:
+    """The chunk bounds as an int32 tensor on `device`, made once per device and bounds (a decode step's bounds change
+    when the middle grows, once per flush)."""
+    return torch.tensor(chunks or (0,), dtype=torch.int32, device=device)
 
 
 # Per (device, stream): int32 counters of finished programs per (batch row, KV head). Every launch leaves them at 0.
@@ -240,6 +247,7 @@ def leank_decode_fwd(
     scale: float,
     *,
     num_splits: int | None = None,
+    chunks: tuple[int, ...] | None = None,
     block_n: int | None = None,
     num_warps: int = 4,
     settings: TileSettings | None = None,
@@ -248,7 +256,10 @@ def leank_decode_fwd(
 
     Args:
         num_splits (`int`, *optional*):
-            Middle-region splits per (batch row, KV head); chosen from the problem size and SM count if not given.
+            Middle-region chunks of equal length per (batch row, KV head).
+        chunks (`tuple[int, ...]`, *optional*):
+            Middle-region chunk bounds `(0, ..., kv.num_mid)` (`launch.middle_chunks`); chosen from the problem size
+            and SM count if neither this nor `num_splits` is given.
         block_n (`int`, *optional*):
             Keys per middle tile (a power of two >= 16), overriding `settings.block_n`; full-region tiles are no longer.
         num_warps (`int`, *optional*, defaults to 4):
@@ -265,12 +276,18 @@ def leank_decode_fwd(
     batch, num_q_heads, _, head_dim = query.shape
     num_kv_heads = layout.num_kv_heads
     group = num_q_heads // num_kv_heads
-    if num_splits is None:
-        num_sms = sm_count(query.device.index or 0) if query.device.type == "cuda" else 8
-        num_splits, split_len = choose_splits(batch, layout.num_value_heads, kv.num_mid, block_n, num_sms)
-    else:
+    if num_splits is not None:
         split_len = math.ceil(math.ceil(max(kv.num_mid, 1) / max(num_splits, 1)) / block_n) * block_n
-        num_splits = math.ceil(kv.num_mid / split_len) if layout.num_value_heads else 0
+        splits = math.ceil(kv.num_mid / split_len) if layout.num_value_heads else 0
+        chunks = tuple(min(kv.num_mid, i * split_len) for i in range(splits + 1))
+    elif chunks is None:
+        num_sms = sm_count(query.device.index or 0) if query.device.type == "cuda" else 8
+        chunks = middle_chunks(
+            batch, layout.num_value_heads, kv.num_mid, block_n, num_sms, guided=settings.guided,
+            programs_per_sm=settings.programs_per_sm, min_keys=settings.min_chunk_keys,
+        )  # fmt: skip
+    num_splits = len(chunks) - 1
+    chunk_starts = _chunk_starts(query.device, chunks)
     num_parts = num_splits + 1
 
     partials = torch.empty(batch * num_q_heads * num_parts * (head_dim + 1), device=query.device, dtype=torch.float32)
@@ -286,7 +303,7 @@ def leank_decode_fwd(
     scale_strides = (key_scales.stride(0), key_scales.stride(1)) if quant else (0, 0)
     _leank_decode_kernel[(batch, num_kv_heads, num_parts)](
         query, kv.full_keys, kv.full_values, kv.mid_keys, mid_values, key_scales, value_scales, kv.pad, key_mask,
-        layout.widths, layout.channels, layout.offsets, layout.value_slots, layout.storage_order,
+        layout.widths, layout.channels, layout.offsets, layout.value_slots, layout.storage_order, chunk_starts,
         partial_out, partial_lse, _counters(query.device, batch * num_kv_heads), out,
         query.stride(0), query.stride(1),
         kv.full_keys.stride(0), kv.full_keys.stride(1), kv.full_keys.stride(2),
@@ -297,7 +314,7 @@ def leank_decode_fwd(
         key_mask.stride(0),
         scale * LOG2E,
         kv.sink_size, kv.sink_size + kv.num_recent, kv.recent_start, kv.query_start, kv.boundaries[0],
-        kv.mid_cap, kv.num_mid, split_len, num_parts,
+        kv.mid_cap, kv.num_mid, num_parts,
         G=group, HEAD_DIM=head_dim, BLOCK_G=query_block(group_pow, quant), BLOCK_N=block_n, BLOCK_D=block_d,
         G_POW=group_pow, MERGE_S=max(1, 8192 // (group_pow * block_d)), UPCAST=INTERPRETED,
         DOT_PRECISION="ieee" if query.dtype == torch.float32 else "tf32", HAS_KEY_MASK=kv.key_mask is not None,
