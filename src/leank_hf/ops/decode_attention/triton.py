@@ -8,9 +8,11 @@ heads ordered as stored (widest first): the longest programs start first and the
 full region (~3x a chunk's bytes) that would leave the other SMs idle. Split 0 attends the full region (sinks +
 recent window, all channels); splits `1..S` each attend one chunk of the compact middle region, reading the head's
 contiguous `[T, width]` key block and its `[T, head_dim]` value block (channel-major `[head_dim, T]` codes for an
-8-bit middle). All query heads of a GQA group form one tile, so every key byte is read once. Each program writes a
-normalised partial output and its log-sum-exp (base 2) in fp32, then bumps a per-(row, head) counter; the program
-that finishes last merges the parts of its query heads and resets the counter to zero.
+8-bit middle). Chunk bounds come from a small table (`launch.middle_chunks`): by default guided, shrinking toward the
+end, so the last wave of programs is short and the SMs idle less while it drains. All query heads of a GQA group form
+one tile, so every key byte is read once. Each program writes a normalised partial output and its log-sum-exp (base
+2) in fp32, then bumps a per-(row, head) counter; the program that finishes last merges the parts of its query heads
+and resets the counter to zero.
 
 An 8-bit middle (`QUANT`; `ops.decode_attention.quantization`) is read as codes with keys as the rows of both
 products (`tiles.attend_middle_codes`): each tile's codes are converted in registers to fp16 (exact for int8 and e4m3
