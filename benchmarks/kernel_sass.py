@@ -29,7 +29,8 @@ from leank_hf.ops.decode_attention.triton import _leank_decode_kernel
 POINTERS = {
     "Q": "bf16", "FULL_K": "bf16", "FULL_V": "bf16", "MID_KS": "fp32", "MID_VS": "fp32", "PAD": "i64",
     "KEY_MASK": "u8", "WIDTHS": "i32", "CHANNELS": "i32", "OFFSETS": "i64", "VALUE_SLOTS": "i32",
-    "STORAGE_ORDER": "i64", "O_PART": "fp32", "LSE_PART": "fp32", "COUNTERS": "i32", "OUT": "bf16",
+    "STORAGE_ORDER": "i64", "CHUNK_STARTS": "i32", "O_PART": "fp32", "LSE_PART": "fp32", "COUNTERS": "i32",
+    "OUT": "bf16",
 }  # fmt: skip
 STORAGES = {"bf16": "bf16", "int8": "i8", "fp8": "fp8e4nv"}
 

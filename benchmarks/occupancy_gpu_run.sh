@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU run (issue #14): how many programs share an SM. Uncapped, the kernels take 212-224 registers per thread (the
 # widest middle loops), so two 4-warp programs fit per SM; `benchmarks/kernel_sass.py --max-registers N` shows which
-# caps leave the tile loops free of spills. This sweeps tile size x load stages x register cap x programs per SM at
+# caps leave the tile loops free of spills. This sweeps tile size x load stages x register cap x middle chunking at
 # 32K tokens, batch 8 (the issue's target point), 4 layers of the Llama mask, for int8, FP8 and bf16 middles.
 #
 #   OUT=/path/to/results bash benchmarks/occupancy_gpu_run.sh      # from the repository root, one CUDA GPU
@@ -21,7 +21,7 @@ sweep() {  # sweep QUANT BLOCK_N STAGES REGISTERS (0: uncapped) [WARPS]
     local quant=()
     [ "$1" != none ] && quant=(--middle-quant "$1")
     $PYTHON benchmarks/tune_kernel.py "${quant[@]}" --points 32768:8 --no-report --layers 0,10,20,31 \
-        --block-n "$2" --warps "${5:-4}" --stages "$3" --max-registers "$4" --ctas-per-sm 8,16
+        --block-n "$2" --warps "${5:-4}" --stages "$3" --max-registers "$4" --chunking equal,1.15:1024:3
 }
 export -f sweep
 export PYTHON

@@ -22,7 +22,7 @@ stage tests 150 $PYTHON -m pytest -q -p no:cacheprovider -rs -m "not slow" --jun
     tests/test_quantized_middle.py
 
 stage tune_int8 75 $PYTHON benchmarks/tune_kernel.py --middle-quant int8 --points 32768:8 --no-report \
-    --layers 0,10,20,31 --block-n 64,128 --warps 2,4 --stages 2 --ctas-per-sm 8,16
+    --layers 0,10,20,31 --block-n 64,128 --warps 2,4 --stages 2 --chunking equal,1.15:1024:3
 
 stage generate_32k_b1 240 $PYTHON -m leank_hf.cli.main bench generate --contexts 32k --batches 1 \
     --methods static_compiled,leank_static_compiled,leank_static_compiled_int8,leank_static_compiled_fp8 \

@@ -119,7 +119,7 @@ def main() -> None:
                     guided=guided,
                     programs_per_sm=int(per_sm),
                     min_keys=int(min_keys),
-                )  # fmt: skip
+                )
                 for kv in caches
             ]
             try:

@@ -284,8 +284,8 @@ def test_guided_chunks_shrink_toward_the_end():
     assert lengths[0] == 128 * math.ceil(num_mid / (1.15 * 132 * 3 / 48) / 128)
     # guided 0: choose_splits' equal chunks
     splits, split_len = launch.choose_splits(8, 6, num_mid, 128, 132)
-    equal = tuple(min(num_mid, i * split_len) for i in range(splits + 1))
-    assert launch.middle_chunks(8, 6, num_mid, 128, 132) == equal
+    assert launch.middle_chunks(8, 6, num_mid, 128, 132) == (*range(0, num_mid, split_len), num_mid)
+    assert splits == len(range(0, num_mid, split_len))
     assert launch.middle_chunks(8, 0, num_mid, 128, 132, guided=1.15) == (0,)
 
 

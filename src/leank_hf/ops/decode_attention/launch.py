@@ -43,6 +43,11 @@ def choose_splits(
     return math.ceil(num_mid / split_len), split_len
 
 
+def equal_chunks(num_mid: int, splits: int, split_len: int) -> tuple[int, ...]:
+    """Bounds `(0, split_len, ..., num_mid)` of `splits` chunks of `split_len` tokens (the last may be shorter)."""
+    return tuple(min(num_mid, i * split_len) for i in range(splits + 1))
+
+
 @functools.lru_cache(maxsize=1024)
 def middle_chunks(
     batch: int,
@@ -63,8 +68,7 @@ def middle_chunks(
     while it drains (guided self-scheduling; the grid starts chunks in order).
     """
     if not guided:
-        splits, split_len = choose_splits(batch, busy_heads, num_mid, block_n, num_sms)
-        return tuple(min(num_mid, i * split_len) for i in range(splits + 1))
+        return equal_chunks(num_mid, *choose_splits(batch, busy_heads, num_mid, block_n, num_sms))
     if num_mid <= 0 or busy_heads == 0:
         return (0,)
     per_stream = guided * num_sms * programs_per_sm / (batch * busy_heads)

@@ -36,6 +36,7 @@ from .launch import (
     LOG2E,
     TileSettings,
     check_middle_dtypes,
+    equal_chunks,
     middle_chunks,
     query_block,
     sm_count,
@@ -155,7 +156,8 @@ def _leank_decode_kernel(
 @functools.lru_cache(maxsize=256)
 def _chunk_starts(device: torch.device, chunks: tuple[int, ...]) -> torch.Tensor:
     """The chunk bounds as an int32 tensor on `device`, made once per device and bounds (a decode step's bounds change
-    when the middle grows, once per flush)."""
+    when the middle grows, once per flush). A CUDA graph that captures a launch needs its bounds made before capture
+    (a first eager call) and kept alive: the static kernel, which graphs replay, does not use this table."""
     return torch.tensor(chunks or (0,), dtype=torch.int32, device=device)
 
 
@@ -281,7 +283,7 @@ def leank_decode_fwd(
     if num_splits is not None:
         split_len = math.ceil(math.ceil(max(kv.num_mid, 1) / max(num_splits, 1)) / block_n) * block_n
         splits = math.ceil(kv.num_mid / split_len) if layout.num_value_heads else 0
-        chunks = tuple(min(kv.num_mid, i * split_len) for i in range(splits + 1))
+        chunks = equal_chunks(kv.num_mid, splits, split_len)
     elif chunks is None:
         num_sms = sm_count(query.device.index or 0) if query.device.type == "cuda" else 8
         chunks = middle_chunks(
