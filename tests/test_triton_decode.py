@@ -315,6 +315,57 @@ def test_rejects_unsupported_inputs():
         triton_decode.leank_decode_triton(odd.query, odd.kv, scale=1.0)
 
 
+def test_a_cache_built_step_checks_only_the_step_inputs():
+    """`from_cache` (set by the cache layers) leaves out the cache-tensor checks, not the step's: same output, and a
+    wrong query or key mask is still refused."""
+    case = make_case(
+        widths=[32, 0, 16], head_dim=32, group=2, length=70, pads=[0, 9], dtype=torch.float32, seed=3, quant="int8",
+        holes={1: [12, 45]},
+    )  # fmt: skip
+    trusted = dataclasses.replace(case.kv, from_cache=True)
+    expected = triton_decode.leank_decode_triton(case.query, case.kv, scale=0.3)
+    assert torch.equal(triton_decode.leank_decode_triton(case.query, trusted, scale=0.3), expected)
+    with pytest.raises(LeanKUsageError, match="one query row"):
+        triton_decode.leank_decode_triton(case.query.expand(-1, -1, 2, -1), trusted, scale=0.3)
+    with pytest.raises(LeanKUsageError, match="dtype"):
+        triton_decode.leank_decode_triton(case.query.half(), trusted, scale=0.3)
+    with pytest.raises(LeanKUsageError, match="key_mask"):
+        short_mask = dataclasses.replace(trusted, key_mask=trusted.key_mask[:, :10])
+        triton_decode.leank_decode_triton(case.query, short_mask, scale=0.3)
+    with pytest.raises(LeanKUsageError, match="batch"):
+        triton_decode.leank_decode_triton(case.query[:1], dataclasses.replace(trusted, key_mask=None), scale=0.3)
+
+
+@pytest.mark.parametrize("middle_quant", [None, "int8"])
+def test_cache_layers_build_steps_the_kernel_reads(middle_quant):
+    """What `from_cache` vouches for: the dynamic layer's decode steps, after batch reordering, selection and
+    repetition too, pass every cache-tensor check."""
+    from leank_hf.cache_layer import LeanKLayer
+
+    layer = LeanKLayer(
+        random_layer_mask([32, 0, 16], 32, torch.Generator().manual_seed(0)), sink_size=8, recent_size=24,
+        flush_size=8, middle_quant=middle_quant,
+    )  # fmt: skip
+    keys = torch.randn(3, 3, 60, 32, device=DEVICE)
+    layer.update(keys, keys)
+    layer.finish_prefill(torch.tensor([0, 5, 2], device=DEVICE))
+    query = torch.randn(3, 6, 1, 32, device=DEVICE)
+    steps = []
+    for step in range(60, 90):
+        if step == 70:
+            layer.reorder_cache(torch.tensor([2, 0, 1], device=DEVICE))
+        if step == 80:
+            layer.batch_select_indices(torch.tensor([0, 2], device=DEVICE))
+            layer.batch_repeat_interleave(2)
+            query = query[:2].repeat_interleave(2, 0)
+        new_keys = torch.randn(query.shape[0], 3, 1, 32, device=DEVICE)
+        states, _ = layer.update(new_keys, new_keys)
+        steps.append((query, states.payload))
+    assert all(kv.from_cache for _, kv in steps) and steps[-1][1].num_mid > 0
+    for query, kv in steps:
+        triton_decode._check_cache_tensors(query, kv)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA")
 @pytest.mark.parametrize("dtype, atol, rtol", DTYPES)

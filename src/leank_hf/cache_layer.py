@@ -242,6 +242,7 @@ class LeanKLayer(CacheLayerMixin):
             boundaries=tuple(self._flushed(position + 1) for position in range(old_length, length)),
             mid_key_scales=self.middle.key_scales,
             mid_value_scales=self.middle.value_scales,
+            from_cache=True,
         )
 
     # ------------------------------------------------------------ full region

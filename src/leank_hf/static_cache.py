@@ -255,6 +255,7 @@ class LeanKStaticLayer(CacheLayerMixin):
             boundaries=tuple(windows.boundary(position) for position in range(start, start + count)),
             mid_key_scales=self.middle.key_scales,
             mid_value_scales=self.middle.value_scales,
+            from_cache=True,
         )
 
     # -------------------------------------------------------- Cache protocol

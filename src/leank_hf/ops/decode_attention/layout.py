@@ -195,6 +195,10 @@ class CompactKV:
     An 8-bit middle region (`ops.decode_attention.quantization`) stores codes in `mid_keys`/`mid_values` and their
     fp32 scales in `mid_key_scales`/`mid_value_scales` `[B, num_value_heads, mid_cap]` (heads in storage order); the
     stored key of middle index `t` is `code * mid_key_scales[b, slot, t]`, its value likewise.
+
+    `from_cache` marks one built by a LeanK cache layer from its own buffers, which keeps them in the dtypes, devices
+    and strides the kernels read: the Triton launcher then checks the step's inputs (query, key mask, shapes) and
+    leaves out the per-tensor checks of the cache (most of its host time per call).
     """
 
     layout: HeadLayout
@@ -213,6 +217,7 @@ class CompactKV:
     key_mask: torch.Tensor | None = None  # [B, L] bool over global slots (L >= query_start + n); None: all readable
     mid_key_scales: torch.Tensor | None = None  # [B, num_value_heads, mid_cap] fp32 (8-bit middle only)
     mid_value_scales: torch.Tensor | None = None  # [B, num_value_heads, mid_cap] fp32 (8-bit middle only)
+    from_cache: bool = False
 
     def mid_key_group(self, group: WidthGroup) -> torch.Tensor:
         """The `[B, count, num_mid, width]` view of one width group's middle keys (no copy)."""

@@ -177,6 +177,7 @@ def _counters(device: torch.device, size: int) -> torch.Tensor:
 
 
 def _check_inputs(query: torch.Tensor, kv: CompactKV) -> None:
+    """The step's inputs (query, key mask, shapes), then, unless `kv.from_cache`, every cache tensor."""
     layout = kv.layout
     if query.dim() != 4 or query.shape[2] != 1:
         raise LeanKUsageError(
@@ -204,27 +205,12 @@ def _check_inputs(query: torch.Tensor, kv: CompactKV) -> None:
         raise LeanKUsageError(
             f"the Triton LeanK kernel runs on CUDA tensors, got {query.device}; use backend='torch' on CPU"
         )
-    tensors = {
-        "full_keys": kv.full_keys,
-        "full_values": kv.full_values,
-        "mid_keys": kv.mid_keys,
-        "mid_values": kv.mid_values,
-        "pad": kv.pad,
-        "layout.widths": layout.widths,
-        "layout.channels": layout.channels,
-    }
-    for name, tensor in tensors.items():
-        if tensor.device != query.device:
-            raise LeanKUsageError(f"`{name}` is on {tensor.device} but the query is on {query.device}")
-    check_middle_dtypes(query, kv.mid_keys, kv.mid_values, kv.mid_key_scales, kv.mid_value_scales, kv.mid_cap)
-    for name in ("full_keys", "full_values", "mid_keys"):
-        tensor = tensors[name]
-        if name.startswith("full") and tensor.dtype != query.dtype:
-            raise LeanKUsageError(f"`{name}` has dtype {tensor.dtype} but the query has {query.dtype}")
-        if tensor.numel() and tensor.stride(-1) != 1:
-            raise LeanKUsageError(f"`{name}` must be contiguous in its last dimension")
     if query.stride(-1) != 1:
         raise LeanKUsageError("`query` must be contiguous in its last dimension")
+    if kv.full_keys.device != query.device:
+        raise LeanKUsageError(f"the cache is on {kv.full_keys.device} but the query is on {query.device}")
+    if kv.full_keys.dtype != query.dtype:
+        raise LeanKUsageError(f"`full_keys` has dtype {kv.full_keys.dtype} but the query has {query.dtype}")
     key_mask = kv.key_mask
     if key_mask is not None and (
         key_mask.device != query.device
@@ -243,6 +229,29 @@ def _check_inputs(query: torch.Tensor, kv: CompactKV) -> None:
             f"cache tensors do not match the query batch {batch} and {num_kv_heads} KV heads: full_keys "
             f"{tuple(kv.full_keys.shape)}, mid_keys {tuple(kv.mid_keys.shape)}"
         )
+    if not kv.from_cache:
+        _check_cache_tensors(query, kv)
+
+
+def _check_cache_tensors(query: torch.Tensor, kv: CompactKV) -> None:
+    """Devices, dtypes and strides of every tensor the kernel reads, for a `CompactKV` built outside a cache layer."""
+    tensors = {
+        "full_values": kv.full_values,
+        "mid_keys": kv.mid_keys,
+        "mid_values": kv.mid_values,
+        "pad": kv.pad,
+        "layout.widths": kv.layout.widths,
+        "layout.channels": kv.layout.channels,
+    }
+    for name, tensor in tensors.items():
+        if tensor.device != query.device:
+            raise LeanKUsageError(f"`{name}` is on {tensor.device} but the query is on {query.device}")
+    check_middle_dtypes(query, kv.mid_keys, kv.mid_values, kv.mid_key_scales, kv.mid_value_scales, kv.mid_cap)
+    if kv.full_values.dtype != query.dtype:
+        raise LeanKUsageError(f"`full_values` has dtype {kv.full_values.dtype} but the query has {query.dtype}")
+    for name, tensor in (("full_keys", kv.full_keys), ("full_values", kv.full_values), ("mid_keys", kv.mid_keys)):
+        if tensor.numel() and tensor.stride(-1) != 1:
+            raise LeanKUsageError(f"`{name}` must be contiguous in its last dimension")
 
 
 def leank_decode_fwd(

@@ -5,7 +5,8 @@ default); every layer of the mask gets its own LeanK cache of the same context, 
 `[B, 8, T, 128]` cache. Two timings per method, both medians after warm-up:
 
 - events: CUDA events around each call, L2 flushed before each repetition (`triton.testing.do_bench`); a call whose
-  host-side launch cost exceeds the flush shows that cost too;
+  host-side launch cost exceeds the flush shows that cost too (LeanK calls check what a decode step through a LeanK
+  cache checks: the step's inputs, `CompactKV.from_cache`);
 - graph: replays of a CUDA graph of the calls (`triton.testing.do_bench_cudagraph`), the GPU time alone.
 
 Bandwidth counts the cache bytes each method must read, over the graph time. With `middle_quants`, the LeanK kernel
@@ -19,7 +20,7 @@ import functools
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from transformers.utils.logging import tqdm
@@ -146,6 +147,16 @@ def _layer_caches(
     ]
 
 
+def _as_cache_steps(query: torch.Tensor, caches: list[CompactKV]) -> list[CompactKV]:
+    """`caches` as a cache layer hands its steps to the kernel (`CompactKV.from_cache`), after one call each that
+    checks every cache tensor."""
+    from ...ops.decode_attention.triton import leank_decode_triton
+
+    for kv in caches:
+        leank_decode_triton(query, kv, scale=1.0)
+    return [replace(kv, from_cache=True) for kv in caches]
+
+
 def _leank_bytes(kv: CompactKV, batch: int, element: int) -> int:
     """Bytes one decode step reads: full region, query and middle (8-bit: codes plus their fp32 scales)."""
     full = batch * NUM_KV_HEADS * (kv.sink_size + kv.num_recent) * HEAD_DIM * 2
@@ -184,7 +195,7 @@ def bench_point(
     query = torch.randn(batch, NUM_Q_HEADS, 1, HEAD_DIM, device="cuda", dtype=dtype)
     leank = {}
     for quant in middle_quants:
-        caches = _layer_caches(masks, layers, context, batch, dtype, quant)
+        caches = _as_cache_steps(query, _layer_caches(masks, layers, context, batch, dtype, quant))
         times = [_bench_both(functools.partial(leank_decode_triton, query, kv, scale=scale), rep_ms) for kv in caches]
         leank[quant] = (
             statistics.fmean(t[0] for t in times),
@@ -279,8 +290,8 @@ def measure_host_cost(masks: LeanKMasks, dtype: torch.dtype = torch.bfloat16) ->
     """Host microseconds per call of the LeanK kernel and of SDPA on a small problem (8K tokens, batch 1, layer 0)."""
     from ...ops.decode_attention.triton import leank_decode_triton
 
-    (kv,) = _layer_caches(masks, [0], 8192, 1, dtype)
     query = torch.randn(1, NUM_Q_HEADS, 1, HEAD_DIM, device="cuda", dtype=dtype)
+    (kv,) = _as_cache_steps(query, _layer_caches(masks, [0], 8192, 1, dtype))
     keys = torch.randn(1, NUM_KV_HEADS, 8192, HEAD_DIM, device="cuda", dtype=dtype)
     return {
         "leank_host_us": host_us_per_call(functools.partial(leank_decode_triton, query, kv, scale=0.1)),
