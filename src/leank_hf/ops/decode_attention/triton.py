@@ -153,6 +153,10 @@ def _leank_decode_kernel(
     )  # fmt: skip
 
 
+def _next_power_of_2(n: int) -> int:
+    return 1 << max(n - 1, 0).bit_length()
+
+
 @functools.lru_cache(maxsize=256)
 def _chunk_starts(device: torch.device, chunks: tuple[int, ...]) -> torch.Tensor:
     """The chunk bounds as an int32 tensor on `device`, made once per device and bounds (a decode step's bounds change
@@ -299,40 +303,34 @@ def leank_decode_fwd(
             batch, layout.num_value_heads, kv.num_mid, block_n, num_sms, guided=settings.guided,
             programs_per_sm=settings.programs_per_sm, min_keys=settings.min_chunk_keys,
         )  # fmt: skip
-    num_splits = len(chunks) - 1
+    num_parts = len(chunks)  # the full region and each middle chunk
     chunk_starts = _chunk_starts(query.device, chunks)
-    num_parts = num_splits + 1
-
-    partials = torch.empty(batch * num_q_heads * num_parts * (head_dim + 1), device=query.device, dtype=torch.float32)
-    partial_out, partial_lse = partials.split(batch * num_q_heads * num_parts * head_dim)
+    rows = batch * num_q_heads * num_parts
+    partial_out = torch.empty(rows * head_dim, device=query.device, dtype=torch.float32)
+    partial_lse = torch.empty(rows, device=query.device, dtype=torch.float32)
     out = torch.empty(batch, num_q_heads, 1, head_dim, device=query.device, dtype=query.dtype)
-    block_d = triton.next_power_of_2(head_dim)
-    group_pow = triton.next_power_of_2(group)
-    mid_values = kv.mid_values
+    group_pow = _next_power_of_2(group)
+    block_d = _next_power_of_2(head_dim)
+    full_keys, full_values, mid_values = kv.full_keys, kv.full_values, kv.mid_values
     # Bytes of the bool mask; without one, any pointer (never read: HAS_KEY_MASK is False).
     key_mask = kv.pad if kv.key_mask is None else kv.key_mask.view(torch.uint8)
     # fp32 scales of an 8-bit middle; without them, any tensor (never read: QUANT is False).
     key_scales, value_scales = (kv.mid_key_scales, kv.mid_value_scales) if quant else (partial_lse, partial_lse)
-    scale_strides = (key_scales.stride(0), key_scales.stride(1)) if quant else (0, 0)
+    scale_strides = key_scales.stride()[:2] if quant else (0, 0)
     _leank_decode_kernel[(batch, num_kv_heads, num_parts)](
-        query, kv.full_keys, kv.full_values, kv.mid_keys, mid_values, key_scales, value_scales, kv.pad, key_mask,
+        query, full_keys, full_values, kv.mid_keys, mid_values, key_scales, value_scales, kv.pad, key_mask,
         layout.widths, layout.channels, layout.offsets, layout.value_slots, layout.storage_order, chunk_starts,
         partial_out, partial_lse, _counters(query.device, batch * num_kv_heads), out,
-        query.stride(0), query.stride(1),
-        kv.full_keys.stride(0), kv.full_keys.stride(1), kv.full_keys.stride(2),
-        kv.full_values.stride(0), kv.full_values.stride(1), kv.full_values.stride(2),
-        kv.mid_keys.stride(0),
-        mid_values.stride(0), mid_values.stride(1), mid_values.stride(2), mid_values.stride(3),
-        *scale_strides,
-        key_mask.stride(0),
+        *query.stride()[:2], *full_keys.stride()[:3], *full_values.stride()[:3], kv.mid_keys.stride(0),
+        *mid_values.stride(), *scale_strides, key_mask.stride(0),
         scale * LOG2E,
         kv.sink_size, kv.sink_size + kv.num_recent, kv.recent_start, kv.query_start, kv.boundaries[0],
         kv.mid_cap, kv.num_mid, num_parts,
-        G=group, HEAD_DIM=head_dim, BLOCK_G=query_block(group_pow, quant), BLOCK_N=block_n, BLOCK_D=block_d,
-        G_POW=group_pow, MERGE_S=max(1, 8192 // (group_pow * block_d)), UPCAST=INTERPRETED,
-        DOT_PRECISION="ieee" if query.dtype == torch.float32 else "tf32", HAS_KEY_MASK=kv.key_mask is not None,
-        QUANT=quant, FULL_BLOCK_N=min(settings.full_block_n, block_n), num_warps=num_warps,
-        num_stages=settings.num_stages, maxnreg=settings.max_registers,
+        G=group, HEAD_DIM=head_dim, BLOCK_G=query_block(group_pow, quant), BLOCK_N=block_n,
+        BLOCK_D=block_d, G_POW=group_pow, MERGE_S=max(1, 8192 // (group_pow * block_d)),
+        UPCAST=INTERPRETED, DOT_PRECISION="ieee" if query.dtype == torch.float32 else "tf32",
+        HAS_KEY_MASK=kv.key_mask is not None, QUANT=quant, FULL_BLOCK_N=min(settings.full_block_n, block_n),
+        num_warps=num_warps, num_stages=settings.num_stages, maxnreg=settings.max_registers,
     )  # fmt: skip
     return out
 
