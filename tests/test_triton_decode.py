@@ -257,6 +257,13 @@ def test_kernel_reads_an_8bit_middle(widths, head_dim, group, length, pads, hole
     assert_close(out, leank_decode_torch(finite.query, finite.kv, scale=0.125).double().cpu(), atol, rtol)
 
 
+def test_next_power_of_2_matches_triton():
+    """The launchers' plain-Python power of two (called on every launch) against Triton's."""
+    import triton
+
+    assert [launch.next_power_of_2(n) for n in range(1, 300)] == [triton.next_power_of_2(n) for n in range(1, 300)]
+
+
 def test_choose_splits_fills_the_gpu():
     # batch 1 at 32K: many splits; batch 64: few; no middle: none. Chunks are whole tiles and cover the middle.
     for batch, num_mid in [(1, 32_000), (8, 32_000), (64, 131_000), (3, 100)]:

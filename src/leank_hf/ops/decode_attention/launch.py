@@ -80,6 +80,11 @@ def middle_chunks(
     return tuple(bounds)
 
 
+def next_power_of_2(n: int) -> int:
+    """The smallest power of two >= `n` (1 for `n <= 1`), in plain Python: launchers call it on every launch."""
+    return 1 << max(n - 1, 0).bit_length()
+
+
 def query_block(group_pow: int, quantized: bool) -> int:
     """Query rows per tile (a GQA group padded to a power of two). The model's dtype: at least 16, the rows of a
     tensor-core product. An 8-bit middle: the group itself, the columns of its keys-as-rows products

@@ -16,7 +16,16 @@ import torch
 import triton
 import triton.language as tl
 
-from .launch import INTERPRETED, LOG2E, check_middle_dtypes, choose_splits, query_block, sm_count, tile_settings
+from .launch import (
+    INTERPRETED,
+    LOG2E,
+    check_middle_dtypes,
+    choose_splits,
+    next_power_of_2,
+    query_block,
+    sm_count,
+    tile_settings,
+)
 from .layout import StaticKV
 from .tiles import attend_full_tile, attend_middle, store_part_and_merge
 
@@ -141,8 +150,8 @@ def static_decode(
     partials = torch.empty(batch * num_q_heads * num_parts * (head_dim + 1), device=query.device, dtype=torch.float32)
     partial_out, partial_lse = partials.split(batch * num_q_heads * num_parts * head_dim)
     out = torch.empty_like(query)
-    block_d = triton.next_power_of_2(head_dim)
-    group_pow = triton.next_power_of_2(group)
+    block_d = next_power_of_2(head_dim)
+    group_pow = next_power_of_2(group)
     # The bool mask's bytes (a view here: inductor cannot lower a bool bitcast); without one, any tensor (unread).
     mask = key_mask.view(torch.uint8) if key_mask is not None else pad
     quant = mid_key_scales is not None

@@ -38,6 +38,7 @@ from .launch import (
     check_middle_dtypes,
     equal_chunks,
     middle_chunks,
+    next_power_of_2,
     query_block,
     sm_count,
     tile_settings,
@@ -151,10 +152,6 @@ def _leank_decode_kernel(
         m_i, l_i, acc, O_PART, LSE_PART, COUNTERS, OUT, i_b, i_h, i_split, num_parts,
         G, G_POW, MERGE_S, HEAD_DIM, BLOCK_G, BLOCK_D,
     )  # fmt: skip
-
-
-def _next_power_of_2(n: int) -> int:
-    return 1 << max(n - 1, 0).bit_length()
 
 
 @functools.lru_cache(maxsize=256)
@@ -309,8 +306,8 @@ def leank_decode_fwd(
     partial_out = torch.empty(rows * head_dim, device=query.device, dtype=torch.float32)
     partial_lse = torch.empty(rows, device=query.device, dtype=torch.float32)
     out = torch.empty(batch, num_q_heads, 1, head_dim, device=query.device, dtype=query.dtype)
-    group_pow = _next_power_of_2(group)
-    block_d = _next_power_of_2(head_dim)
+    group_pow = next_power_of_2(group)
+    block_d = next_power_of_2(head_dim)
     full_keys, full_values, mid_values = kv.full_keys, kv.full_values, kv.mid_values
     # Bytes of the bool mask; without one, any pointer (never read: HAS_KEY_MASK is False).
     key_mask = kv.pad if kv.key_mask is None else kv.key_mask.view(torch.uint8)
