@@ -147,8 +147,9 @@ def static_decode(
     num_splits, split_len = choose_splits(batch, num_value_heads, mid_cap, block_n, num_sms)  # for the capacity
     full_len, full_parts = _full_parts(sink_size + ring_size, split_len, block_n)
     num_parts = full_parts + num_splits
-    partials = torch.empty(batch * num_q_heads * num_parts * (head_dim + 1), device=query.device, dtype=torch.float32)
-    partial_out, partial_lse = partials.split(batch * num_q_heads * num_parts * head_dim)
+    rows = batch * num_q_heads * num_parts
+    partial_out = torch.empty(rows * head_dim, device=query.device, dtype=torch.float32)
+    partial_lse = torch.empty(rows, device=query.device, dtype=torch.float32)
     out = torch.empty_like(query)
     block_d = next_power_of_2(head_dim)
     group_pow = next_power_of_2(group)
