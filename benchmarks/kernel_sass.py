@@ -43,9 +43,6 @@ def compile_sm90(code_type: str, settings: TileSettings, num_warps: int = 4) -> 
         "MERGE_S": 16, "UPCAST": False, "DOT_PRECISION": "tf32", "HAS_KEY_MASK": False, "QUANT": code_type != "bf16",
         "FULL_BLOCK_N": settings.full_block_n,
     }  # fmt: skip
-    # As the JIT specializes a launch on the cache: the unit stride of the values' contiguous dimension (channels
-    # for the model's dtype, tokens for 8-bit codes) and 16-divisible pointers and strides.
-    constants["stride_mvd" if code_type == "bf16" else "stride_mvt"] = 1
     signature = {}
     for name in _leank_decode_kernel.arg_names:
         if name in ("MID_K", "MID_V"):

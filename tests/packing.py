@@ -3,7 +3,7 @@
 The library's `HeadLayout` / `CompactKV` are only the containers filled here; which key is stored where follows the
 `CompactKV` docstring. Every stored element no query row may read (left pads, each row's sink tokens in the middle,
 masked keys, sink slots past the sequence) holds `filler`; spare capacity always holds NaN. An 8-bit middle
-(`quant`) stores the codes and scales of `reference.quantize`, values channel-major as the caches store them; its
+(`quant`) stores the codes and scales of `reference.quantize`, values in tiles as the caches store them; its
 unreadable slots hold `filler` scales and the largest code, its spare scales NaN.
 """
 

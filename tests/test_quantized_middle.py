@@ -7,7 +7,7 @@ import torch
 
 from leank_hf import LeanKCache, LeanKUsageError, apply_leank, revert_leank
 from leank_hf.middle_region import MiddleRegion
-from leank_hf.ops.decode_attention.layout import HeadLayout
+from leank_hf.ops.decode_attention.layout import VALUE_TILE, HeadLayout, middle_values_like, value_tokens
 from leank_hf.ops.decode_attention.quantization import FORMATS, resolve_quant
 from reference import ReferenceCache, fake_quantize, quantize, random_layer_mask, reference_model
 from tiny_models import LLAMA_WIDTHS, random_masks, tiny_model
@@ -30,7 +30,7 @@ def _stored(region: MiddleRegion, mask: torch.Tensor, tokens: int) -> tuple[list
         start = region.capacity * int(layout.offsets[head])
         block = region.keys[:, start : start + region.capacity * width].view(region.batch, region.capacity, width)
         keys.append((block[:, :tokens], region.key_scales[:, slot, :tokens]))
-        values.append((region.values[:, slot, :tokens], region.value_scales[:, slot, :tokens]))
+        values.append((value_tokens(region.values, tokens)[:, slot], region.value_scales[:, slot, :tokens]))
     return keys, values
 
 
@@ -64,6 +64,28 @@ def test_write_stores_the_reference_codes_and_scales(quant: str, dtype: torch.dt
 
 
 @pytest.mark.parametrize("quant", QUANTS)
+def test_value_codes_sit_in_tiles_where_the_kernels_read_them(quant: str) -> None:
+    """Token t's value codes of channel d are at `[b, slot, t // VALUE_TILE, d, t % VALUE_TILE]` (writes across tile
+    edges, in any order); `value_tokens` and `middle_values_like` convert between tiles and token-major codes."""
+    mask, region = _region([16, 0, 24], 32, quant, batch=2, capacity=300)
+    assert region.values.shape == (2, 2, 3, 32, VALUE_TILE)
+    generator = torch.Generator().manual_seed(4)
+    index = torch.tensor([299, 0, 127, 128, 255, 256, 5])
+    values = torch.randn(2, 3, len(index), 32, generator=generator)
+    region.write(torch.randn(2, 3, len(index), 32, generator=generator), values, index)
+    for slot, head in enumerate(region.layout.storage_order[:2].tolist()):
+        want, _ = quantize(values[:, head], quant)  # [B, n, D]
+        for i, t in enumerate(index.tolist()):
+            stored = region.values[:, slot, t // VALUE_TILE, :, t % VALUE_TILE]
+            torch.testing.assert_close(stored.float(), want[:, i].float(), rtol=0, atol=0)
+    codes = torch.randn(2, 3, 200, 32, generator=generator).to(FORMATS[quant].dtype)
+    tiles = middle_values_like(codes)
+    assert tiles.shape == (2, 3, 2, 32, VALUE_TILE) and middle_values_like(tiles) is tiles
+    assert torch.equal(tiles[:, :, 1, :, 199 - VALUE_TILE].float(), codes[:, :, 199].float())
+    assert torch.equal(value_tokens(tiles, 200).float(), codes.float())
+
+
+@pytest.mark.parametrize("quant", QUANTS)
 def test_resize_batch_changes_and_bytes_keep_the_scales(quant: str) -> None:
     mask, region = _region([16, 0, 24], 32, quant, batch=3, capacity=4)
     generator = torch.Generator().manual_seed(2)
@@ -76,15 +98,17 @@ def test_resize_batch_changes_and_bytes_keep_the_scales(quant: str) -> None:
         assert torch.equal(codes.float(), grown_codes.float()) and torch.equal(scales, grown_scales)
     grown.map_batch(lambda tensor: tensor[[2, 0]])
     assert torch.equal(grown.key_scales[:, :, :4], region.key_scales[[2, 0]])
-    assert torch.equal(grown.values[:, :, :4].float(), region.values[[2, 0]].float())
-    # Value codes stay channel-major with room for whole 16-token groups (what the kernels read) through every copy.
+    assert torch.equal(value_tokens(grown.values, 4).float(), value_tokens(region.values, 4)[[2, 0]].float())
+    # Value codes stay in whole contiguous tiles (what the kernels read) through every copy.
     for stored in (region, grown):
         batch = stored.values.shape[0]
-        assert stored.values.stride()[2:] == (1, 16) and stored.values.untyped_storage().nbytes() == batch * 2 * 32 * 16
+        assert stored.values.shape[1:] == (2, 1, 32, VALUE_TILE)
+        assert stored.values.stride()[2:] == (32 * VALUE_TILE, VALUE_TILE, 1)
+        assert stored.values.untyped_storage().nbytes() == batch * 2 * 32 * VALUE_TILE
     # Bytes: one byte per kept key channel and value channel, 4 per scale (2 scales per token and kept head); the
-    # allocation holds 16 value tokens per head for a capacity of 9.
+    # allocation holds one tile of value tokens per head for a capacity of 9.
     assert grown.used_bytes(5) == (2 * 5 * 40 + 2 * 2 * 5 * 4, 2 * 2 * 5 * 32 + 2 * 2 * 5 * 4)
-    assert grown.nbytes == (2 * 9 * 40 + 2 * 2 * 9 * 4, 2 * 2 * 16 * 32 + 2 * 2 * 9 * 4)
+    assert grown.nbytes == (2 * 9 * 40 + 2 * 2 * 9 * 4, 2 * 2 * VALUE_TILE * 32 + 2 * 2 * 9 * 4)
 
 
 def test_format_names() -> None:

@@ -17,7 +17,7 @@ from leank_hf import LeanKMasks
 from leank_hf.errors import LeanKUsageError
 from leank_hf.ops.decode_attention import launch
 from leank_hf.ops.decode_attention import triton as triton_decode
-from leank_hf.ops.decode_attention.layout import CompactKV
+from leank_hf.ops.decode_attention.layout import VALUE_TILE, CompactKV, value_tokens
 from leank_hf.ops.decode_attention.naive import leank_decode_torch
 from packing import pack_compact
 from reference import dense_attention, random_layer_mask, window_start
@@ -406,18 +406,18 @@ def test_kernel_weighs_all_zero_values(zeroed, quant, dtype, atol, rtol):
     assert_close(out, dense_reference(case, 0.125), atol, rtol)
 
 
-def test_kernel_refuses_8bit_values_without_the_group_layout():
-    """8-bit values must be channel-major with room for whole 16-token groups (the kernels read them so); token-major
-    codes, or channel-major ones without the room, are refused with the fix named."""
+def test_kernel_refuses_8bit_values_without_the_tile_layout():
+    """8-bit values must be stored in whole contiguous tiles of VALUE_TILE tokens (the kernels read them so);
+    token-major codes, tiles transposed, or too few tiles for the capacity are refused with the fix named."""
     case = make_case(
-        widths=[16, 32], head_dim=32, group=2, length=70, pads=[0], dtype=torch.float32, seed=3, quant="int8"
+        widths=[16, 32], head_dim=32, group=2, length=300, pads=[0], dtype=torch.float32, seed=3, quant="int8"
     )
     codes = case.kv.mid_values
-    for wrong in (codes.contiguous(), codes.transpose(2, 3).contiguous().transpose(2, 3)):
+    assert codes.shape[2] == -(-case.kv.mid_cap // VALUE_TILE) > 1
+    token_major = value_tokens(codes, case.kv.mid_cap)
+    for wrong in (token_major, codes.transpose(3, 4).contiguous().transpose(3, 4), codes[:, :, :-1]):
         kv = dataclasses.replace(case.kv, mid_values=wrong)
-        with pytest.raises(
-            LeanKUsageError, match="channel-major with room for whole 16-token groups.*new_middle_values"
-        ):
+        with pytest.raises(LeanKUsageError, match=f"tiles of {VALUE_TILE} tokens.*new_value_storage"):
             triton_decode.leank_decode_triton(case.query, kv, scale=0.2)
 
 

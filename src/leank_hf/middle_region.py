@@ -13,12 +13,7 @@ from collections.abc import Callable
 
 import torch
 
-from .ops.decode_attention.layout import (
-    HeadLayout,
-    WidthGroup,
-    middle_values,
-    new_value_storage,
-)
+from .ops.decode_attention.layout import VALUE_TILE, HeadLayout, WidthGroup, new_value_storage
 from .ops.decode_attention.quantization import MiddleQuant, quantize_rows, quantize_segments
 
 logger = logging.getLogger(__name__)
@@ -33,7 +28,7 @@ _MAX_GROWTH = 16
 
 class MiddleRegion:
     """`capacity` middle tokens per batch row: `keys [B, capacity * C]` and `values [B, NV, capacity, D]` (8-bit values
-    channel-major, see `ops.decode_attention.layout`).
+    in tiles, `[B, NV, tiles, D, VALUE_TILE]`, see `ops.decode_attention.layout`).
 
     With `quant`, both hold 8-bit codes and `key_scales`/`value_scales` `[B, NV, capacity]` (fp32, KV heads in
     storage order, as the values) their scales; without it they hold the model's dtype and the scales are `None`.
@@ -69,7 +64,7 @@ class MiddleRegion:
         stored = dtype if quant is None else quant.dtype
         num_value_heads = layout.num_value_heads
         self.keys = torch.zeros(batch, capacity * layout.total_width, dtype=stored, device=device)
-        self.value_storage = new_value_storage(batch, num_value_heads, capacity, layout.head_dim, stored, device)
+        self.values = new_value_storage(batch, num_value_heads, capacity, layout.head_dim, stored, device)
         self.key_scales = self.value_scales = None
         if quant is not None:
             self.key_scales = torch.zeros(batch, num_value_heads, capacity, dtype=torch.float32, device=device)
@@ -77,11 +72,8 @@ class MiddleRegion:
         # Element of compact channel k at middle index t: key_base[k] + t * key_step[k] (see layout.py).
         self.key_base, self.key_step = host_layout.middle_key_index(capacity, device)
         self.value_heads = layout.storage_order[:num_value_heads]
-
-    @property
-    def values(self) -> torch.Tensor:
-        """`[B, NV, capacity, D]` values (a channel-major view for 8-bit codes)."""
-        return middle_values(self.value_storage, self.capacity)
+        # 8-bit codes: channel d of middle index t at t // VALUE_TILE * tile + value_step[d] + t % VALUE_TILE of a head.
+        self.value_step = torch.arange(layout.head_dim, device=device) * VALUE_TILE
 
     @property
     def batch(self) -> int:
@@ -104,9 +96,12 @@ class MiddleRegion:
                 kept, scales = quantize_rows(kept, quant)
                 self.value_scales.index_copy_(2, index, scales)
             if quant is None:
-                self.value_storage.index_copy_(2, index, kept)
-            else:  # channel-major codes [B, NV, D, capacity rounded up]
-                _bytes(self.value_storage).index_copy_(3, index, _bytes(kept).transpose(2, 3))
+                self.values.index_copy_(2, index, kept)
+            else:  # tiles [B, NV, tiles, D, VALUE_TILE], written through their flat bytes
+                tile = self.values.shape[3] * VALUE_TILE
+                flat = (index // VALUE_TILE * tile + index % VALUE_TILE)[:, None] + self.value_step  # [n, D]
+                tiles = _bytes(self.values).view(self.batch, self.values.shape[1], -1)
+                tiles.index_copy_(2, flat.flatten(), _bytes(kept).flatten(2))
 
     def write_range(self, keys: torch.Tensor, values: torch.Tensor, start: int) -> None:
         """Store `[B, H, T, D]` tokens at middle indices `start .. start + T - 1` (in chunks of `_WRITE_CHUNK`)."""
@@ -135,9 +130,11 @@ class MiddleRegion:
         if keep:
             for group in self.layout.groups:
                 region._group_view(group)[:, :, :keep] = self._group_view(group)[:, :, :keep]
-            for name in ("values", "key_scales", "value_scales"):
-                if getattr(self, name) is not None:
-                    getattr(region, name)[:, :, :keep] = getattr(self, name)[:, :, :keep]
+            values = keep if self.quant is None else -(-keep // VALUE_TILE)  # tokens, or whole tiles of codes
+            region.values[:, :, :values] = self.values[:, :, :values]
+            if self.quant is not None:
+                region.key_scales[:, :, :keep] = self.key_scales[:, :, :keep]
+                region.value_scales[:, :, :keep] = self.value_scales[:, :, :keep]
         return region
 
     def _group_view(self, group: WidthGroup) -> torch.Tensor:
@@ -147,7 +144,7 @@ class MiddleRegion:
         return self.keys[:, start:stop].view(self.batch, group.count, self.capacity, group.width)
 
     def _stored(self) -> tuple[str, ...]:
-        stored = ("keys", "value_storage")
+        stored = ("keys", "values")
         return stored if self.quant is None else (*stored, "key_scales", "value_scales")
 
     def map_batch(self, function: Callable[[torch.Tensor], torch.Tensor]) -> None:
@@ -168,14 +165,14 @@ class MiddleRegion:
     def tensors(self) -> tuple[torch.Tensor, ...]:
         """Every tensor a write or a read of the region touches."""
         scales = () if self.quant is None else (self.key_scales, self.value_scales)
-        return self.keys, self.value_storage, *scales, self.key_base, self.key_step, self.value_heads
+        return self.keys, self.values, *scales, self.key_base, self.key_step, self.value_heads, self.value_step
 
     @property
     def nbytes(self) -> tuple[int, int]:
         """Allocated bytes of the keys and of the values, their scales included."""
         if self.quant is None:
-            return self.keys.nbytes, self.value_storage.nbytes
-        return self.keys.nbytes + self.key_scales.nbytes, self.value_storage.nbytes + self.value_scales.nbytes
+            return self.keys.nbytes, self.values.nbytes
+        return self.keys.nbytes + self.key_scales.nbytes, self.values.nbytes + self.value_scales.nbytes
 
     def used_bytes(self, tokens: int) -> tuple[int, int]:
         """Bytes of the keys and of the values of `tokens` middle tokens per row, their scales included."""

@@ -10,7 +10,7 @@ import torch
 from triton import knobs
 
 from ...errors import LeanKUsageError
-from .layout import has_value_storage
+from .layout import VALUE_TILE, has_value_storage
 
 # Kernels are built as interpreted functions when TRITON_INTERPRET=1 at import. The interpreter computes bf16
 # wrongly, so loads are cast to fp32 right away in that mode.
@@ -133,25 +133,26 @@ def check_middle_dtypes(
     value_scales: torch.Tensor | None,
     mid_cap: int,
 ) -> None:
-    """The middle holds the query's dtype (values token-major), or 8-bit codes (values stored as
-    `layout.new_middle_values` stores them) with fp32 scales `[B, NV, >= mid_cap]` beside them."""
+    """The middle holds the query's dtype (values token-major), or 8-bit codes (values in tiles, as
+    `layout.new_value_storage` stores them) with fp32 scales `[B, NV, >= mid_cap]` beside them."""
     if key_scales is None and value_scales is None:
         for name, tensor in (("mid_keys", mid_keys), ("mid_values", mid_values)):
             if tensor.dtype != query.dtype:
                 raise LeanKUsageError(f"`{name}` has dtype {tensor.dtype} but the query has {query.dtype}")
-        if mid_values.numel() and mid_values.stride(-1) != 1:
-            raise LeanKUsageError("`mid_values` must be contiguous in its last dimension")
+        if mid_values.dim() != 4 or mid_values.numel() and mid_values.stride(-1) != 1:
+            raise LeanKUsageError("`mid_values` must be `[B, NV, T, D]`, contiguous in its last dimension")
         return
     if mid_keys.dtype not in CODE_DTYPES or mid_values.dtype != mid_keys.dtype:
         raise LeanKUsageError(
             f"an 8-bit middle stores {CODE_DTYPES} codes in `mid_keys` and `mid_values`, got {mid_keys.dtype} and "
             f"{mid_values.dtype}"
         )
-    if not has_value_storage(mid_values):
+    if not has_value_storage(mid_values) or mid_values.shape[2] * VALUE_TILE < mid_cap:
         raise LeanKUsageError(
-            f"8-bit `mid_values` must be channel-major with room for whole 16-token groups, got shape "
-            f"{tuple(mid_values.shape)} and strides {mid_values.stride()}; allocate it with "
-            "`ops.decode_attention.layout.new_middle_values` (or convert with `middle_values_like`)"
+            f"8-bit `mid_values` must be stored in tiles of {VALUE_TILE} tokens, `[B, NV, tiles, D, {VALUE_TILE}]` "
+            f"with each tile contiguous and room for {mid_cap} tokens, got shape {tuple(mid_values.shape)} and "
+            f"strides {mid_values.stride()}; allocate it with `ops.decode_attention.layout.new_value_storage` (or "
+            "convert token-major values with `middle_values_like`)"
         )
     expected = (mid_values.shape[0], mid_values.shape[1])
     for name, scales in (("mid_key_scales", key_scales), ("mid_value_scales", value_scales)):

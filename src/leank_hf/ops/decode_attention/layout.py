@@ -7,11 +7,12 @@ contiguous `[mid_cap, width]` block starting at element `mid_cap * offsets[h]`:
     element (b, h, t, c) of the compact keys  ->  mid_keys[b, mid_cap * offsets[h] + t * widths[h] + c]
 
 so a run of equal-width heads is one `[n, mid_cap, width]` view, and a kernel reads each head contiguously.
-Middle values `mid_values [B, num_value_heads, mid_cap, head_dim]` hold only heads with a kept channel, in storage
-order (`value_slots[h]`, -1 for zero-width heads). In the model's dtype they are token-major (`stride(-1) == 1`); 8-bit
-codes are channel-major (`stride(-2) == 1`) with room for whole 16-token groups (`new_middle_values`): the
-probabilities-times-values product reduces over tokens, and 8-bit matrix operands load fast only when that dimension
-is contiguous and aligned.
+Middle values hold only heads with a kept channel, in storage order (`value_slots[h]`, -1 for zero-width heads). In
+the model's dtype they are token-major, `mid_values [B, num_value_heads, mid_cap, head_dim]` (`stride(-1) == 1`).
+8-bit codes are stored in tiles of `VALUE_TILE` tokens, `mid_values [B, num_value_heads, tiles, head_dim, VALUE_TILE]`,
+each tile one contiguous channel-major block (`new_value_storage`; `value_tokens` reads them back token-major): the
+probabilities-times-values product reduces over tokens, 8-bit matrix operands load fast only when that dimension is
+contiguous and aligned, and a tile read as one block streams from DRAM faster than `head_dim` runs a row apart.
 """
 
 from __future__ import annotations
@@ -34,55 +35,60 @@ class WidthGroup(NamedTuple):
 
 
 CODE_GROUP = 16  # 8-bit values are read in whole groups of this many tokens (aligned, vectorised loads)
+VALUE_TILE = 128  # 8-bit values are stored in tiles of this many tokens, each a contiguous [head_dim, VALUE_TILE]
 
 
 def code_capacity(capacity: int) -> int:
-    """Tokens an 8-bit value buffer of `capacity` tokens holds: whole `CODE_GROUP`s."""
-    return -(-capacity // CODE_GROUP) * CODE_GROUP
+    """Tokens an 8-bit value buffer of `capacity` tokens holds: whole `VALUE_TILE`s."""
+    return -(-capacity // VALUE_TILE) * VALUE_TILE
 
 
 def new_value_storage(
     batch: int, num_value_heads: int, capacity: int, head_dim: int, dtype: torch.dtype, device: torch.device | str
 ) -> torch.Tensor:
-    """Zeroed storage of `mid_values` (`middle_values` views it): `[B, NV, capacity, D]` for the model's dtype,
-    `[B, NV, D, code_capacity(capacity)]` for 8-bit codes (the kernels read whole token groups, whose spare codes stay
-    finite and get zero weight). Writes index this tensor itself: compiled, a write into a transposed view of a buffer
-    copies the whole buffer."""
+    """Zeroed `mid_values`: `[B, NV, capacity, D]` in the model's dtype, `[B, NV, tiles, D, VALUE_TILE]` for 8-bit
+    codes (`tiles * VALUE_TILE == code_capacity(capacity)`; the kernels read whole token groups, whose spare codes
+    stay finite and get zero weight)."""
     if dtype.itemsize != 1:
         return torch.zeros(batch, num_value_heads, capacity, head_dim, dtype=dtype, device=device)
-    return torch.zeros(batch, num_value_heads, head_dim, code_capacity(capacity), dtype=dtype, device=device)
+    tiles = code_capacity(capacity) // VALUE_TILE
+    return torch.zeros(batch, num_value_heads, tiles, head_dim, VALUE_TILE, dtype=dtype, device=device)
 
 
-def middle_values(storage: torch.Tensor, capacity: int) -> torch.Tensor:
-    """The `[B, NV, capacity, D]` view of a `new_value_storage` tensor."""
-    if storage.dtype.itemsize != 1:
-        return storage
-    return storage.transpose(2, 3)[:, :, :capacity]
-
-
-def new_middle_values(
-    batch: int, num_value_heads: int, capacity: int, head_dim: int, dtype: torch.dtype, device: torch.device | str
-) -> torch.Tensor:
-    """Zeroed `mid_values [B, NV, capacity, D]` as the caches store it."""
-    storage = new_value_storage(batch, num_value_heads, capacity, head_dim, dtype, device)
-    return middle_values(storage, capacity)
+def value_tokens(values: torch.Tensor, tokens: int) -> torch.Tensor:
+    """The first `tokens` middle values of `mid_values` as `[B, NV, tokens, D]`: a view in the model's dtype, a copy
+    of the tiles that hold them for 8-bit codes."""
+    if values.dim() == 4:
+        return values[:, :, :tokens]
+    tiles = values[:, :, : -(-tokens // VALUE_TILE)]
+    return tiles.transpose(3, 4).flatten(2, 3)[:, :, :tokens]
 
 
 def has_value_storage(values: torch.Tensor) -> bool:
-    """Whether `values` is stored as `new_middle_values` stores its dtype."""
+    """Whether `values` is stored as `new_value_storage` stores its dtype (any batch and head strides)."""
     if values.dtype.itemsize != 1:
-        return values.stride(-1) == 1
-    return values.stride(2) == 1 and values.stride(3) >= code_capacity(values.shape[2])
+        return values.dim() == 4 and values.stride(-1) == 1
+    return (
+        values.dim() == 5
+        and values.shape[-1] == VALUE_TILE
+        and values.stride()[2:] == (values.shape[3] * VALUE_TILE, VALUE_TILE, 1)
+    )
 
 
 def middle_values_like(values: torch.Tensor) -> torch.Tensor:
-    """`values` (e.g. a batch selection of `mid_values`) stored as `new_middle_values` stores its dtype; a copy
-    unless it already is."""
+    """`values` stored as `new_value_storage` stores its dtype: itself if it already is, else a copy. Takes token-major
+    `[B, NV, T, D]` values of any dtype (8-bit codes become tiles) or a strided selection of stored ones."""
     if has_value_storage(values):
         return values
-    stored = new_middle_values(*values.shape[:3], values.shape[3], values.dtype, values.device)
-    stored.copy_(values)
-    return stored
+    if values.dim() == 5:
+        return values.contiguous()
+    batch, heads, tokens, head_dim = values.shape
+    stored = new_value_storage(batch, heads, tokens, head_dim, values.dtype, values.device)
+    if values.dtype.itemsize != 1:
+        return stored.copy_(values)
+    padded = values.new_zeros(batch, heads, code_capacity(tokens), head_dim)
+    padded[:, :, :tokens] = values
+    return stored.copy_(padded.view(*stored.shape[:3], VALUE_TILE, head_dim).transpose(3, 4))
 
 
 @dataclass(frozen=True)
@@ -208,7 +214,7 @@ class CompactKV:
     num_recent: int
     recent_start: int
     mid_keys: torch.Tensor  # [B, mid_cap * C]
-    mid_values: torch.Tensor  # [B, num_value_heads, mid_cap, D]
+    mid_values: torch.Tensor  # [B, num_value_heads, mid_cap, D]; 8-bit: [B, num_value_heads, tiles, D, VALUE_TILE]
     mid_cap: int
     num_mid: int
     pad: torch.Tensor  # [B] int64
@@ -249,7 +255,7 @@ class StaticKV:
     full_keys: torch.Tensor  # [B, H, >= sink + ring, D]
     full_values: torch.Tensor  # [B, H, >= sink + ring, D]
     mid_keys: torch.Tensor  # [B, mid_cap * C]
-    mid_values: torch.Tensor  # [B, num_value_heads, mid_cap, D]
+    mid_values: torch.Tensor  # [B, num_value_heads, mid_cap, D]; 8-bit: [B, num_value_heads, tiles, D, VALUE_TILE]
     mid_cap: int
     pad: torch.Tensor  # [B] int64
     position: torch.Tensor  # [] int64: global slot of the query

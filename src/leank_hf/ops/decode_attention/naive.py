@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from .layout import CompactKV, HeadLayout, StaticKV
+from .layout import CompactKV, HeadLayout, StaticKV, value_tokens
 
 
 def leank_decode_torch(query: torch.Tensor, kv: CompactKV, *, scale: float) -> torch.Tensor:
@@ -38,7 +38,7 @@ def leank_decode_torch(query: torch.Tensor, kv: CompactKV, *, scale: float) -> t
         kv.full_values[:, :, :num_full],
         full_valid,
         [kv.mid_key_group(group) for group in kv.layout.groups] if kv.num_mid else [],
-        kv.mid_values[:, :, : kv.num_mid],
+        value_tokens(kv.mid_values, kv.num_mid),
         mid_valid,
         scale=scale,
         mid_scales=_scales(kv, kv.num_mid),
@@ -60,7 +60,7 @@ def leank_static_decode_torch(query: torch.Tensor, kv: StaticKV, *, scale: float
         kv.full_values[:, :, :num_full],
         full_valid,
         [kv.mid_key_group(group) for group in kv.layout.groups],
-        kv.mid_values,
+        value_tokens(kv.mid_values, kv.mid_cap),
         mid_valid,
         scale=scale,
         mid_scales=_scales(kv, kv.mid_cap),

@@ -37,7 +37,7 @@ def _leank_static_decode_kernel(
     stride_qb, stride_qh,
     stride_fb, stride_fh, stride_ft,
     stride_mkb,
-    stride_mvb, stride_mvh, stride_mvt, stride_mvd,
+    stride_mvb, stride_mvh, stride_mvt,
     stride_msb, stride_msh,
     stride_maskb,
     scale_log2,
@@ -98,7 +98,7 @@ def _leank_static_decode_kernel(
             for i_w in tl.static_range(1, HEAD_DIM // 16 + 1):
                 if width == i_w * 16:
                     m_i, l_i, acc = attend_middle(
-                        p_q, p_channels, m_g, p_k, p_v, stride_mvt, stride_mvd,
+                        p_q, p_channels, m_g, p_k, p_v, stride_mvt,
                         KEY_MASK + i_b * stride_maskb + SINK, t_start, t_stop, scale_log2, MID_KS + scale_offset,
                         MID_VS + scale_offset, i_w * 16, BLOCK_G, BLOCK_N, BLOCK_D, HEAD_DIM, UPCAST, DOT_PRECISION,
                         HAS_KEY_MASK, QUANT,
@@ -166,7 +166,7 @@ def static_decode(
         query.stride(0), query.stride(1),
         full_keys.stride(0), full_keys.stride(1), full_keys.stride(2),
         mid_keys.stride(0),
-        mid_values.stride(0), mid_values.stride(1), mid_values.stride(2), mid_values.stride(3),
+        mid_values.stride(0), mid_values.stride(1), mid_values.stride(2),
         *scale_strides,
         mask.stride(0),
         scale * LOG2E,

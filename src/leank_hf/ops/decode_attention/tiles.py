@@ -8,9 +8,10 @@ finishes last merges the parts of its `(row, head)`.
 import triton
 import triton.language as tl
 
-from .layout import CODE_GROUP
+from .layout import CODE_GROUP, VALUE_TILE
 
-TOKEN_GROUP = tl.constexpr(CODE_GROUP)  # 8-bit values are stored and read in whole groups of this many tokens
+TOKEN_GROUP = tl.constexpr(CODE_GROUP)  # 8-bit values are read in whole groups of this many tokens
+TOKEN_TILE = tl.constexpr(VALUE_TILE)  # and stored in tiles of this many, each a contiguous [HEAD_DIM, TOKEN_TILE]
 LOG2_MIN_SCALE = tl.constexpr(-100.0)  # value scales below 2^-100 (zero: all-zero values) weigh as 2^-100
 
 
@@ -160,17 +161,17 @@ def normalized_query_part(q, inv_max, dtype: tl.constexpr):
 
 @triton.jit
 def attend_middle(
-    p_q, p_channels, m_g, p_k, p_v, stride_vt, stride_vd, p_key_mask, t_start, t_stop, scale_log2, p_key_scale,
+    p_q, p_channels, m_g, p_k, p_v, stride_vt, p_key_mask, t_start, t_stop, scale_log2, p_key_scale,
     p_value_scale, W: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     HEAD_DIM: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, HAS_KEY_MASK: tl.constexpr,
     QUANT: tl.constexpr,
 ):  # fmt: skip
     # Softmax state (m_i, l_i, acc) of keys t_start .. t_stop of one head's middle: attend_middle_codes for an 8-bit
     # middle (QUANT; p_key_scale / p_value_scale point at this head's fp32 scales of middle index 0), else
-    # attend_middle_values.
+    # attend_middle_values. stride_vt: of a token (values in the model's dtype) or of a tile (8-bit codes).
     if QUANT:
         m_i, l_i, acc = attend_middle_codes(
-            p_q, p_channels, m_g, p_k, p_v, stride_vt, stride_vd, p_key_mask, t_start, t_stop, scale_log2,
+            p_q, p_channels, m_g, p_k, p_v, stride_vt, p_key_mask, t_start, t_stop, scale_log2,
             p_key_scale, p_value_scale, W, BLOCK_G, BLOCK_N, BLOCK_D, HEAD_DIM, UPCAST, DOT_PRECISION, HAS_KEY_MASK,
         )  # fmt: skip
     else:
@@ -222,17 +223,17 @@ def transposed_query_part(q, inv_max, dtype: tl.constexpr):
 
 @triton.jit
 def attend_middle_codes(
-    p_q, p_channels, m_g, p_k, p_v, stride_vt, stride_vd, p_key_mask, t_start, t_stop, scale_log2, p_key_scale,
+    p_q, p_channels, m_g, p_k, p_v, stride_tile, p_key_mask, t_start, t_stop, scale_log2, p_key_scale,
     p_value_scale, W: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     HEAD_DIM: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, HAS_KEY_MASK: tl.constexpr,
 ):  # fmt: skip
     # An 8-bit middle, keys as the rows of both products: scores^T [BLOCK_N, BLOCK_G] = k [BLOCK_N, W] @ q^T and
-    # acc^T [BLOCK_D, BLOCK_G] += v^T [BLOCK_D, BLOCK_N] @ p^T, so the codes (keys token-major, values channel-major)
-    # are the left operands, converted in registers, and the query the right one, loaded once. The products run in
-    # fp16 for a 16-bit model (fp32 for an fp32 one or when interpreting): the codes convert exactly, the query is
-    # divided by its largest kept entry (|q| <= 1) and the scores multiplied back, the value scales enter the running
-    # maximum (below), so the value operand lies in [0, 1]; the probabilities' row sums are kept per key (l_parts,
-    # summed once after the last tile). Softmax and accumulation stay fp32.
+    # acc^T [BLOCK_D, BLOCK_G] += v^T [BLOCK_D, BLOCK_N] @ p^T, so the codes (keys token-major, values channel-major
+    # within their tiles) are the left operands, converted in registers, and the query the right one, loaded once. The
+    # products run in fp16 for a 16-bit model (fp32 for an fp32 one or when interpreting): the codes convert exactly,
+    # the query is divided by its largest kept entry (|q| <= 1) and the scores multiplied back, the value scales enter
+    # the running maximum (below), so the value operand lies in [0, 1]; the probabilities' row sums are kept per key
+    # (l_parts, summed once after the last tile). Softmax and accumulation stay fp32.
     CODE_DTYPE: tl.constexpr = tl.float32 if UPCAST or p_q.dtype.element_ty == tl.float32 else tl.float16
     q256, q128, q64, q32, q16 = query_parts(p_q, p_channels, m_g, W, UPCAST)
     q_max = tl.zeros([BLOCK_G], dtype=tl.float32)
@@ -265,14 +266,16 @@ def attend_middle_codes(
     m_i = tl.full([BLOCK_G], float("-inf"), dtype=tl.float32)
     l_parts = tl.zeros([BLOCK_N, BLOCK_G], dtype=tl.float32)
     acc = tl.zeros([BLOCK_D, BLOCK_G], dtype=tl.float32)
-    # Tiles start on a TOKEN_GROUP boundary, so the values (channel-major codes) load aligned; they are read in whole
-    # groups (an unmasked run per channel; the storage has room, layout.new_value_storage), keys and scales only where
-    # valid.
+    # Tiles start on a TOKEN_GROUP boundary, so the values load aligned; they are read in whole groups (a 16-byte run
+    # per channel; the storage has room, layout.new_value_storage), keys and scales only where valid. The codes of
+    # token t sit in stored tile t // TOKEN_TILE, column t % TOKEN_TILE (a tile is [HEAD_DIM, TOKEN_TILE]); a tile of
+    # BLOCK_N keys may start inside a stored one and reach into the next.
     t_first = t_start // TOKEN_GROUP * TOKEN_GROUP
     t_groups = (t_stop + TOKEN_GROUP - 1) // TOKEN_GROUP * TOKEN_GROUP
     # 64-bit tile pointers advanced per tile; in-tile offsets stay 32-bit.
     p_k_tile = p_k + t_first.to(tl.int64) * W
-    p_v_tile = p_v + t_first.to(tl.int64) * stride_vt
+    p_v_tile = p_v + (t_first // TOKEN_TILE).to(tl.int64) * stride_tile
+    tile_offset = t_first % TOKEN_TILE  # of the key tile's first token in its stored tile
     for start in range(t_first, t_stop, BLOCK_N):
         valid = (start + o_n < t_stop) & (start + o_n >= t_start)
         if HAS_KEY_MASK:  # mask bytes of this tile's global slots (p_key_mask points at middle index 0)
@@ -280,7 +283,10 @@ def attend_middle_codes(
         scores = tl.zeros([BLOCK_N, BLOCK_G], dtype=tl.float32)
         scores = tile_scores(scores, q256, q128, q64, q32, q16, p_k_tile, o_n, valid, W, True, DOT_PRECISION)
         v_rows = start + o_n < t_groups
-        p_vt = p_v_tile + o_d[:, None] * stride_vd + o_n[None, :] * stride_vt
+        n_in = tile_offset + o_n
+        v_cols = (n_in // TOKEN_TILE) * stride_tile + n_in % TOKEN_TILE
+        v_cols = tl.max_contiguous(tl.multiple_of(v_cols, TOKEN_GROUP), TOKEN_GROUP)  # whole aligned 16-token groups
+        p_vt = p_v_tile + o_d[:, None] * TOKEN_TILE + v_cols[None, :]
         vt = tl.load(p_vt, mask=m_d[:, None] & v_rows[None, :], other=0.0)
         vt = codes_to(vt, CODE_DTYPE)
         key_scale = tl.load(p_key_scale + start + o_n, mask=valid, other=0.0)
@@ -300,7 +306,9 @@ def attend_middle_codes(
         acc = acc * alpha[None, :] + tl.dot(vt, weights, input_precision=DOT_PRECISION)
         m_i = m_new
         p_k_tile += BLOCK_N * W
-        p_v_tile += BLOCK_N * stride_vt
+        tile_offset += BLOCK_N
+        p_v_tile += (tile_offset // TOKEN_TILE).to(tl.int64) * stride_tile
+        tile_offset %= TOKEN_TILE
     return m_i, tl.sum(l_parts, 0), tl.trans(acc)
 
 

@@ -3,16 +3,16 @@
 Decode only (one query row per step); multi-token chunks against a compact cache take the PyTorch path
 (`leank_decode_attention` dispatches).
 
-The launch has one program per `(batch row, KV head, split)`, started split by split (the grid's slowest axis), KV
-heads ordered as stored (widest first): the longest programs start first and the last wave holds middle chunks, not a
-full region (~3x a chunk's bytes) that would leave the other SMs idle. Split 0 attends the full region (sinks +
-recent window, all channels); splits `1..S` each attend one chunk of the compact middle region, reading the head's
-contiguous `[T, width]` key block and its `[T, head_dim]` value block (channel-major `[head_dim, T]` codes for an
-8-bit middle). Chunk bounds come from a small table (`launch.middle_chunks`): by default guided, shrinking toward the
-end, so the last wave of programs is short and the SMs idle less while it drains. All query heads of a GQA group form
-one tile, so every key byte is read once. Each program writes a normalised partial output and its log-sum-exp (base
-2) in fp32, then bumps a per-(row, head) counter; the program that finishes last merges the parts of its query heads
-and resets the counter to zero.
+The launch has one program per `(batch row, KV head, split)`, started split by split (the grid's slowest axis), KV heads
+ordered as stored (widest first): the longest programs start first and the last wave holds middle chunks, not a full
+region (~3x a chunk's bytes) that would leave the other SMs idle. Split 0 attends the full region (sinks + recent
+window, all channels); splits `1..S` each attend one chunk of the compact middle region, reading the head's contiguous
+`[T, width]` key block and its `[T, head_dim]` value block (for an 8-bit middle, tiles of `layout.VALUE_TILE` tokens,
+each a contiguous channel-major `[head_dim, VALUE_TILE]` block of codes). Chunk bounds come from a small table
+(`launch.middle_chunks`): by default guided, shrinking toward the end, so the last wave of programs is short and the SMs
+idle less while it drains. All query heads of a GQA group form one tile, so every key byte is read once. Each program
+writes a normalised partial output and its log-sum-exp (base 2) in fp32, then bumps a per-(row, head) counter; the
+program that finishes last merges the parts of its query heads and resets the counter to zero.
 
 An 8-bit middle (`QUANT`; `ops.decode_attention.quantization`) is read as codes with keys as the rows of both
 products (`tiles.attend_middle_codes`): each tile's codes are converted in registers to fp16 (exact for int8 and e4m3
@@ -68,7 +68,7 @@ def _leank_decode_kernel(
     stride_fkb, stride_fkh, stride_fkt,
     stride_fvb, stride_fvh, stride_fvt,
     stride_mkb,
-    stride_mvb, stride_mvh, stride_mvt, stride_mvd,
+    stride_mvb, stride_mvh, stride_mvt,
     stride_msb, stride_msh,
     stride_kmb,
     scale_log2,
@@ -130,7 +130,6 @@ def _leank_decode_kernel(
                         p_k,
                         p_v,
                         stride_mvt,
-                        stride_mvd,
                         p_key_mask + sink_size,
                         t_start,
                         t_stop,
@@ -319,7 +318,7 @@ def leank_decode_fwd(
         layout.widths, layout.channels, layout.offsets, layout.value_slots, layout.storage_order, chunk_starts,
         partial_out, partial_lse, _counters(query.device, batch * num_kv_heads), out,
         *query.stride()[:2], *full_keys.stride()[:3], *full_values.stride()[:3], kv.mid_keys.stride(0),
-        *mid_values.stride(), *scale_strides, key_mask.stride(0),
+        *mid_values.stride()[:3], *scale_strides, key_mask.stride(0),
         scale * LOG2E,
         kv.sink_size, kv.sink_size + kv.num_recent, kv.recent_start, kv.query_start, kv.boundaries[0],
         kv.mid_cap, kv.num_mid, num_parts,
