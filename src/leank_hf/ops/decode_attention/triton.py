@@ -29,6 +29,7 @@ import math
 import torch
 import triton
 import triton.language as tl
+from triton.runtime import driver
 
 from ...errors import LeanKUsageError
 from .launch import (
@@ -169,7 +170,7 @@ def _counters(device: torch.device, size: int) -> torch.Tensor:
     """Zeroed counters for one launch, reused across launches on the same stream (the kernel resets them)."""
     if device.type != "cuda":
         return torch.zeros(size, dtype=torch.int32, device=device)
-    key = (device, torch.cuda.current_stream(device).cuda_stream)
+    key = (device, driver.active.get_current_stream(device.index))  # Triton's raw handle: no torch Stream object
     counters = _COUNTERS.get(key)
     if counters is None or counters.numel() < size:
         counters = _COUNTERS[key] = torch.zeros(max(size, 1024), dtype=torch.int32, device=device)
