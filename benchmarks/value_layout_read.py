@@ -2,12 +2,13 @@
 
     python benchmarks/value_layout_read.py [--batch 8] [--heads 6] [--tokens 32768] [--output results.json]
 
-The 8-bit decode kernel reads each tile of values as `[head_dim, block_n]` codes. Stored channel-major (what the caches
-do: `[B, NV, D, tokens]`), a tile is `head_dim` separate `block_n`-byte runs, one per channel, a whole token row apart;
-the bf16 middle (token-major) and the keys are read in contiguous blocks. This kernel does nothing but read such tiles
-(and sum them, so the loads stay) with the same bytes in three layouts. Its loads are plain 16-byte vector loads
-(Triton pipelines through shared memory only loads that feed a product) from many light programs per SM, so it probes
-how well DRAM serves each access pattern, not the decode kernel's pipeline:
+The 8-bit decode kernel reads each tile of values as `[head_dim, block_n]` codes. Stored channel-major (the caches'
+layout until the eighth #14 session: `[B, NV, D, tokens]`), a tile is `head_dim` separate `block_n`-byte runs, one per
+channel, a whole token row apart; the bf16 middle (token-major) and the keys are read in contiguous blocks. The caches
+now store `tile_blocked` with 128-token tiles (`layout.VALUE_TILE`; H200: 91% of copy bandwidth against 81%). This
+kernel does nothing but read such tiles (and sum them, so the loads stay) with the same bytes in three layouts. Its
+loads are plain 16-byte vector loads (Triton pipelines through shared memory only loads that feed a product) from many
+light programs per SM, so it probes how well DRAM serves each access pattern, not the decode kernel's pipeline:
 
 - `channel_major`: `[B, NV, D, T]`, a tile is `D` runs of `block_n` bytes at a stride of `T` bytes;
 - `tile_blocked`: `[B, NV, T / block_n, D, block_n]`, a tile is one contiguous block;

@@ -1,14 +1,20 @@
 """Where Triton's launch of the decode kernel spends host time (device-only experiment)."""
-import cProfile, functools, pstats, sys, time
+
+import cProfile
+import functools
+import pstats
+import sys
+
 import torch
+
 sys.path.insert(0, "benchmarks")
 from launch_host_cost import _RecordLaunch
+from triton.runtime import driver
+
 from leank_hf.masks import LeanKMasks
 from leank_hf.ops.decode_attention import triton as td
 from leank_hf.tools.benchmarks import MASK_ID
 from leank_hf.tools.benchmarks.kernel import _as_cache_steps, _layer_caches, host_us_per_call
-from triton.runtime import driver
-from triton import knobs
 
 quant = sys.argv[1] if len(sys.argv) > 1 else None
 masks = LeanKMasks.from_pretrained(MASK_ID)
@@ -42,11 +48,13 @@ rows = {
     f"data_ptr x{len(tensors)}": lambda: [t.data_ptr() for t in tensors],
     f"align key x{len(tensors)}": lambda: tuple((t.dtype, t.data_ptr() & 15) for t in tensors),
 }
-print(f"{quant} middle: {len(args)} positional args ({len(tensors)} tensors), {len(kwargs)} keyword, {len(allargs)} bound")
+print(f"{quant} middle: {len(args)} positional args ({len(tensors)} tensors), {len(kwargs)} keyword, {len(allargs)}")
 for name, f in rows.items():
     print(f"  {name}: {host_us_per_call(f, N):.1f} us")
-pr = cProfile.Profile(); pr.enable()
+pr = cProfile.Profile()
+pr.enable()
 for _ in range(2000):
     kernel[grid](*args, **kwargs)
-pr.disable(); torch.cuda.synchronize()
+pr.disable()
+torch.cuda.synchronize()
 pstats.Stats(pr).sort_stats("tottime").print_stats(14)

@@ -11,7 +11,6 @@ import pytest
 import torch
 import triton
 import triton.language as tl
-
 from leank_hf.ops.decode_attention.direct_launch import DirectLauncher
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
