@@ -76,12 +76,10 @@ def has_value_storage(values: torch.Tensor) -> bool:
 
 
 def middle_values_like(values: torch.Tensor) -> torch.Tensor:
-    """`values` stored as `new_value_storage` stores its dtype: itself if it already is, else a copy. Takes token-major
-    `[B, NV, T, D]` values of any dtype (8-bit codes become tiles) or a strided selection of stored ones."""
+    """`values` stored as `new_value_storage` stores its dtype: itself if it already is, else a copy of token-major
+    `[B, NV, T, D]` values (8-bit codes become tiles)."""
     if has_value_storage(values):
         return values
-    if values.dim() == 5:
-        return values.contiguous()
     batch, heads, tokens, head_dim = values.shape
     stored = new_value_storage(batch, heads, tokens, head_dim, values.dtype, values.device)
     if values.dtype.itemsize != 1:
