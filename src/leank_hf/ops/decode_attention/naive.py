@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from .layout import CompactKV, HeadLayout, StaticKV, value_tokens
+from .layout import VALUE_TILE, CompactKV, HeadLayout, StaticKV
 
 
 def leank_decode_torch(query: torch.Tensor, kv: CompactKV, *, scale: float) -> torch.Tensor:
@@ -38,7 +38,7 @@ def leank_decode_torch(query: torch.Tensor, kv: CompactKV, *, scale: float) -> t
         kv.full_values[:, :, :num_full],
         full_valid,
         [kv.mid_key_group(group) for group in kv.layout.groups] if kv.num_mid else [],
-        value_tokens(kv.mid_values, kv.num_mid),
+        kv.mid_values,
         mid_valid,
         scale=scale,
         mid_scales=_scales(kv, kv.num_mid),
@@ -60,7 +60,7 @@ def leank_static_decode_torch(query: torch.Tensor, kv: StaticKV, *, scale: float
         kv.full_values[:, :, :num_full],
         full_valid,
         [kv.mid_key_group(group) for group in kv.layout.groups],
-        value_tokens(kv.mid_values, kv.mid_cap),
+        kv.mid_values,
         mid_valid,
         scale=scale,
         mid_scales=_scales(kv, kv.mid_cap),
@@ -89,7 +89,8 @@ def attend_compact(
         full_valid (`torch.Tensor`): bool, broadcastable to `[B, H, Hq // H, n, F]`.
         mid_key_groups (`list[torch.Tensor]`): per width group of `layout.groups`, `[B, count, T, width]` (empty: no
             middle).
-        mid_values (`torch.Tensor`): `[B, num_value_heads, T, D]`.
+        mid_values (`torch.Tensor`): `[B, num_value_heads, >= T, D]`, or 8-bit codes in tiles `[B, num_value_heads,
+            >= T / VALUE_TILE, D, VALUE_TILE]` (`layout.new_value_storage`).
         mid_valid (`torch.Tensor`): bool, broadcastable to `[B, count, Hq // H, n, T]`.
         scale (`float`): factor applied to every score.
         mid_scales (`tuple[torch.Tensor, torch.Tensor]`, *optional*): an 8-bit middle's key and value scales, each
@@ -108,7 +109,7 @@ def attend_compact(
     # Pass 1: middle scores per width group, and the running max over both regions.
     middle = []
     if mid_key_groups:
-        num_mid = mid_values.shape[2]
+        num_mid = mid_key_groups[0].shape[2]
         q_flat = q.transpose(1, 2).reshape(batch, rows, num_heads * head_dim)
         for group, group_keys in zip(layout.groups, mid_key_groups):
             heads = layout.storage_order[group.first : group.first + group.count]  # natural head ids
@@ -135,11 +136,22 @@ def attend_compact(
         group_probs = group_probs.view(batch, group.count, rows, num_mid)
         if mid_scales is not None:  # sum_t p_t (s_t v_t) = (p * s) @ v
             group_probs = group_probs * mid_scales[1][:, group.first : group.first + group.count, None]
-        values = mid_values[:, group.first : group.first + group.count].float()
-        output = output.index_add(1, heads, group_probs @ values)
+        values = mid_values[:, group.first : group.first + group.count]
+        output = output.index_add(1, heads, _weighted_values(group_probs, values))
 
     output = output / denominator.clamp(min=torch.finfo(torch.float32).tiny).view(batch, num_heads, rows, 1)
     return output.view(batch, num_query_heads, num_rows, head_dim).to(query.dtype)
+
+
+def _weighted_values(probs: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """`probs [B, c, rows, T] @ values` in fp32, for token-major values `[B, c, >= T, D]` or 8-bit tiles `[B, c, >= T /
+    VALUE_TILE, D, VALUE_TILE]`, which are multiplied tile by tile rather than copied token-major."""
+    tokens = probs.shape[-1]
+    if values.dim() == 4:
+        return probs @ values[:, :, :tokens].float()
+    tiles = -(-tokens // VALUE_TILE)
+    probs = torch.nn.functional.pad(probs, (0, tiles * VALUE_TILE - tokens)).unflatten(-1, (tiles, VALUE_TILE))
+    return (probs.transpose(2, 3) @ values[:, :, :tiles].float().transpose(-1, -2)).sum(2)
 
 
 def _scales(kv: CompactKV | StaticKV, tokens: int) -> tuple[torch.Tensor, torch.Tensor] | None:
