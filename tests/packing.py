@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from leank_hf.ops.decode_attention.layout import CompactKV, HeadLayout, middle_values_like
+from leank_hf.ops.decode_attention.layout import VALUE_TILE, CompactKV, HeadLayout, middle_values_like
 from reference import QUANT_FORMATS, quantize
 
 
@@ -111,6 +111,16 @@ def pack_compact(
         mid_value_scales=None if quant is None else value_scales,
     )
     return kv if device is None else to_device(kv, device)
+
+
+def stored_values(values: torch.Tensor, tokens: int) -> torch.Tensor:
+    """The first `tokens` middle values of a cache's `mid_values` as `[B, NV, tokens, D]`, read by the layout
+    contract: token-major in the model's dtype; 8-bit token `t`, channel `d` at `[b, slot, t // VALUE_TILE, d,
+    t % VALUE_TILE]`."""
+    if values.dim() == 4:
+        return values[:, :, :tokens]
+    t = torch.arange(tokens, device=values.device)
+    return values[:, :, t // VALUE_TILE, :, t % VALUE_TILE].permute(1, 2, 0, 3)
 
 
 def to_device(kv: CompactKV, device: torch.device | str) -> CompactKV:

@@ -15,7 +15,7 @@ from leank_hf.cache_layer import LeanKLayer
 from leank_hf.cache_states import LeanKStates
 from leank_hf.contract import Windows
 from leank_hf.footprint import REGIONS
-from leank_hf.ops.decode_attention.layout import value_tokens
+from packing import stored_values
 from reference import random_layer_mask
 from tiny_models import FLUSH, RECENT, SINK, random_masks, tiny_model
 
@@ -64,8 +64,8 @@ def _check_storage(layer: LeanKLayer, mask: torch.Tensor, keys: torch.Tensor, va
         block = block.view(keys.shape[0], layer.middle.capacity, width)[:, : layer.num_mid]
         torch.testing.assert_close(block, middle[:, head][..., kept], rtol=0, atol=0)
         if width:
-            stored_values = value_tokens(layer.middle.values, layer.num_mid)[:, value_slot]
-            torch.testing.assert_close(stored_values, values[:, head, sink : sink + layer.num_mid], rtol=0, atol=0)
+            kept_values = stored_values(layer.middle.values, layer.num_mid)[:, value_slot]
+            torch.testing.assert_close(kept_values, values[:, head, sink : sink + layer.num_mid], rtol=0, atol=0)
             value_slot += 1
         offset += width
     assert value_slot == layer.middle.values.shape[1]

@@ -7,8 +7,9 @@ import torch
 
 from leank_hf import LeanKCache, LeanKUsageError, apply_leank, revert_leank
 from leank_hf.middle_region import MiddleRegion
-from leank_hf.ops.decode_attention.layout import VALUE_TILE, HeadLayout, middle_values_like, value_tokens
+from leank_hf.ops.decode_attention.layout import VALUE_TILE, HeadLayout, middle_values_like
 from leank_hf.ops.decode_attention.quantization import FORMATS, resolve_quant
+from packing import stored_values
 from reference import ReferenceCache, fake_quantize, quantize, random_layer_mask, reference_model
 from tiny_models import LLAMA_WIDTHS, random_masks, tiny_model
 
@@ -30,7 +31,7 @@ def _stored(region: MiddleRegion, mask: torch.Tensor, tokens: int) -> tuple[list
         start = region.capacity * int(layout.offsets[head])
         block = region.keys[:, start : start + region.capacity * width].view(region.batch, region.capacity, width)
         keys.append((block[:, :tokens], region.key_scales[:, slot, :tokens]))
-        values.append((value_tokens(region.values, tokens)[:, slot], region.value_scales[:, slot, :tokens]))
+        values.append((stored_values(region.values, tokens)[:, slot], region.value_scales[:, slot, :tokens]))
     return keys, values
 
 
@@ -66,7 +67,7 @@ def test_write_stores_the_reference_codes_and_scales(quant: str, dtype: torch.dt
 @pytest.mark.parametrize("quant", QUANTS)
 def test_value_codes_sit_in_tiles_where_the_kernels_read_them(quant: str) -> None:
     """Token t's value codes of channel d are at `[b, slot, t // VALUE_TILE, d, t % VALUE_TILE]` (writes across tile
-    edges, in any order); `value_tokens` and `middle_values_like` convert between tiles and token-major codes."""
+    edges, in any order); `middle_values_like` converts token-major codes to tiles."""
     mask, region = _region([16, 0, 24], 32, quant, batch=2, capacity=300)
     assert region.values.shape == (2, 2, 3, 32, VALUE_TILE)
     generator = torch.Generator().manual_seed(4)
@@ -82,7 +83,7 @@ def test_value_codes_sit_in_tiles_where_the_kernels_read_them(quant: str) -> Non
     tiles = middle_values_like(codes)
     assert tiles.shape == (2, 3, 2, 32, VALUE_TILE) and middle_values_like(tiles) is tiles
     assert torch.equal(tiles[:, :, 1, :, 199 - VALUE_TILE].float(), codes[:, :, 199].float())
-    assert torch.equal(value_tokens(tiles, 200).float(), codes.float())
+    assert torch.equal(stored_values(tiles, 200).float(), codes.float())
 
 
 @pytest.mark.parametrize("quant", QUANTS)
@@ -98,7 +99,7 @@ def test_resize_batch_changes_and_bytes_keep_the_scales(quant: str) -> None:
         assert torch.equal(codes.float(), grown_codes.float()) and torch.equal(scales, grown_scales)
     grown.map_batch(lambda tensor: tensor[[2, 0]])
     assert torch.equal(grown.key_scales[:, :, :4], region.key_scales[[2, 0]])
-    assert torch.equal(value_tokens(grown.values, 4).float(), value_tokens(region.values, 4)[[2, 0]].float())
+    assert torch.equal(stored_values(grown.values, 4).float(), stored_values(region.values, 4)[[2, 0]].float())
     # Value codes stay in whole contiguous tiles (what the kernels read) through every copy.
     for stored in (region, grown):
         batch = stored.values.shape[0]

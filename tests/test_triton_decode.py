@@ -17,9 +17,9 @@ from leank_hf import LeanKMasks
 from leank_hf.errors import LeanKUsageError
 from leank_hf.ops.decode_attention import launch
 from leank_hf.ops.decode_attention import triton as triton_decode
-from leank_hf.ops.decode_attention.layout import VALUE_TILE, CompactKV, value_tokens
+from leank_hf.ops.decode_attention.layout import VALUE_TILE, CompactKV
 from leank_hf.ops.decode_attention.naive import leank_decode_torch
-from packing import pack_compact
+from packing import pack_compact, stored_values
 from reference import dense_attention, random_layer_mask, window_start
 
 HAS_CUDA = torch.cuda.is_available()
@@ -414,7 +414,7 @@ def test_kernel_refuses_8bit_values_without_the_tile_layout():
     )
     codes = case.kv.mid_values
     assert codes.shape[2] == -(-case.kv.mid_cap // VALUE_TILE) > 1
-    token_major = value_tokens(codes, case.kv.mid_cap)
+    token_major = stored_values(codes, case.kv.mid_cap)
     for wrong in (token_major, codes.transpose(3, 4).contiguous().transpose(3, 4), codes[:, :, :-1]):
         kv = dataclasses.replace(case.kv, mid_values=wrong)
         with pytest.raises(LeanKUsageError, match=f"tiles of {VALUE_TILE} tokens.*new_value_storage"):

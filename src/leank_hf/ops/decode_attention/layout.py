@@ -10,7 +10,7 @@ so a run of equal-width heads is one `[n, mid_cap, width]` view, and a kernel re
 Middle values hold only heads with a kept channel, in storage order (`value_slots[h]`, -1 for zero-width heads). In
 the model's dtype they are token-major, `mid_values [B, num_value_heads, mid_cap, head_dim]` (`stride(-1) == 1`).
 8-bit codes are stored in tiles of `VALUE_TILE` tokens, `mid_values [B, num_value_heads, tiles, head_dim, VALUE_TILE]`,
-each tile one contiguous channel-major block (`new_value_storage`; `value_tokens` reads them back token-major): the
+each tile one contiguous channel-major block (`new_value_storage`; `middle_values_like` converts token-major ones): the
 probabilities-times-values product reduces over tokens, 8-bit matrix operands load fast only when that dimension is
 contiguous and aligned, and a tile read as one block streams from DRAM faster than `head_dim` runs a row apart.
 """
@@ -53,15 +53,6 @@ def new_value_storage(
         return torch.zeros(batch, num_value_heads, capacity, head_dim, dtype=dtype, device=device)
     tiles = code_capacity(capacity) // VALUE_TILE
     return torch.zeros(batch, num_value_heads, tiles, head_dim, VALUE_TILE, dtype=dtype, device=device)
-
-
-def value_tokens(values: torch.Tensor, tokens: int) -> torch.Tensor:
-    """The first `tokens` middle values of `mid_values` as `[B, NV, tokens, D]`: a view in the model's dtype, a copy
-    of the tiles that hold them for 8-bit codes."""
-    if values.dim() == 4:
-        return values[:, :, :tokens]
-    tiles = values[:, :, : -(-tokens // VALUE_TILE)]
-    return tiles.transpose(3, 4).flatten(2, 3)[:, :, :tokens]
 
 
 def has_value_storage(values: torch.Tensor) -> bool:
