@@ -102,6 +102,11 @@ class HeadLayout:
     def num_kv_heads(self) -> int:
         return self.widths.shape[0]
 
+    @property
+    def max_width(self) -> int:
+        """The widest head's kept channels (0 if no head keeps any)."""
+        return self.groups[0].width if self.groups else 0
+
     @classmethod
     def from_mask(cls, layer_mask: torch.Tensor) -> HeadLayout:
         """Build the layout from one layer's boolean mask `[num_kv_heads, head_dim]` (True = keep)."""

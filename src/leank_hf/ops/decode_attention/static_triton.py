@@ -46,7 +46,7 @@ def _leank_static_decode_kernel(
     HAS_KEY_MASK: tl.constexpr, QUANT: tl.constexpr,
     G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     G_POW: tl.constexpr, MERGE_S: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    FULL_BLOCK_N: tl.constexpr,
+    FULL_BLOCK_N: tl.constexpr, MAX_WIDTH: tl.constexpr,
 ):  # fmt: skip
     i_b = tl.program_id(0).to(tl.int64)
     i_h = tl.load(STORAGE_ORDER + tl.program_id(1))
@@ -95,7 +95,8 @@ def _leank_static_decode_kernel(
             p_v = MID_V + i_b * stride_mvb + value_slot * stride_mvh
             scale_offset = i_b * stride_msb + value_slot * stride_msh  # scales [B, NV, MID_CAP] (8-bit middle)
             p_channels = CHANNELS + i_h * HEAD_DIM
-            for i_w in tl.static_range(1, HEAD_DIM // 16 + 1):
+            # One compiled loop per width up to the layer's widest; the one matching this head's width runs.
+            for i_w in tl.static_range(1, MAX_WIDTH // 16 + 1):
                 if width == i_w * 16:
                     m_i, l_i, acc = attend_middle(
                         p_q, p_channels, m_g, p_k, p_v, stride_mvt,
@@ -134,6 +135,7 @@ def static_decode(
     ring_size: int,
     mid_cap: int,
     num_value_heads: int,
+    max_width: int,
     block_n: int,
     full_block_n: int,
     num_stages: int,
@@ -175,8 +177,8 @@ def static_decode(
         HAS_KEY_MASK=key_mask is not None, QUANT=quant,
         G=group, HEAD_DIM=head_dim, BLOCK_G=query_block(group_pow, quant), BLOCK_N=block_n, BLOCK_D=block_d,
         G_POW=group_pow, MERGE_S=max(1, 8192 // (group_pow * block_d)), UPCAST=INTERPRETED,
-        DOT_PRECISION="ieee" if query.dtype == torch.float32 else "tf32", FULL_BLOCK_N=full_block_n, num_warps=4,
-        num_stages=num_stages, maxnreg=max_registers,
+        DOT_PRECISION="ieee" if query.dtype == torch.float32 else "tf32", FULL_BLOCK_N=full_block_n,
+        MAX_WIDTH=max_width, num_warps=4, num_stages=num_stages, maxnreg=max_registers,
     )  # fmt: skip
     return out
 
@@ -234,6 +236,7 @@ def leank_static_decode_triton(
         kv.ring_size,
         kv.mid_cap,
         layout.num_value_heads,
+        layout.max_width,
         block_n,
         min(settings.full_block_n, block_n),
         settings.num_stages,

@@ -76,7 +76,7 @@ def _leank_decode_kernel(
     sink_size, num_full, recent_start, query_pos, boundary, mid_cap, num_mid, num_parts,
     G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     G_POW: tl.constexpr, MERGE_S: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    HAS_KEY_MASK: tl.constexpr, QUANT: tl.constexpr, FULL_BLOCK_N: tl.constexpr,
+    HAS_KEY_MASK: tl.constexpr, QUANT: tl.constexpr, FULL_BLOCK_N: tl.constexpr, MAX_WIDTH: tl.constexpr,
 ):  # fmt: skip
     i_b = tl.program_id(0).to(tl.int64)
     i_h = tl.load(STORAGE_ORDER + tl.program_id(1))
@@ -121,8 +121,8 @@ def _leank_decode_kernel(
             p_v = MID_V + i_b * stride_mvb + value_slot * stride_mvh
             scale_offset = i_b * stride_msb + value_slot * stride_msh  # scales [B, NV, mid_cap] (8-bit middle)
             p_channels = CHANNELS + i_h * HEAD_DIM
-            # One compiled loop per possible width; the one matching this head's width runs.
-            for i_w in tl.static_range(1, HEAD_DIM // 16 + 1):
+            # One compiled loop per width up to the layer's widest; the one matching this head's width runs.
+            for i_w in tl.static_range(1, MAX_WIDTH // 16 + 1):
                 if width == i_w * 16:
                     m_i, l_i, acc = attend_middle(
                         p_q,
@@ -327,6 +327,7 @@ def leank_decode_fwd(
         BLOCK_D=block_d, G_POW=group_pow, MERGE_S=max(1, 8192 // (group_pow * block_d)),
         UPCAST=INTERPRETED, DOT_PRECISION="ieee" if query.dtype == torch.float32 else "tf32",
         HAS_KEY_MASK=kv.key_mask is not None, QUANT=quant, FULL_BLOCK_N=min(settings.full_block_n, block_n),
+        MAX_WIDTH=layout.max_width,
         num_warps=num_warps, num_stages=settings.num_stages, maxnreg=settings.max_registers,
     )  # fmt: skip
     return out
