@@ -1,6 +1,7 @@
 """Count the SASS instructions of the dynamic LeanK decode kernel built for sm_90, on any machine (no GPU needed).
 
     python benchmarks/kernel_sass.py [--block-n 64] [--full-block-n 32] [--stages 2] [--max-registers 128]
+                                     [--max-width 96]
 
 Compiles `ops.decode_attention.triton._leank_decode_kernel` with Triton's bundled ptxas for a bf16 query (Llama
 shape: head_dim 128, GQA group 4) with a bf16, int8 and FP8 e4m3 middle, disassembles it with Triton's bundled
@@ -35,13 +36,13 @@ POINTERS = {
 STORAGES = {"bf16": "bf16", "int8": "i8", "fp8": "fp8e4nv"}
 
 
-def compile_sm90(code_type: str, settings: TileSettings, num_warps: int = 4) -> bytes:
-    """The kernel's cubin for a middle stored as `code_type` (a Triton type name)."""
+def compile_sm90(code_type: str, settings: TileSettings, num_warps: int = 4, max_width: int = 128) -> bytes:
+    """The kernel's cubin for a middle stored as `code_type` (a Triton type name), middle loops up to `max_width`."""
     constants = {
         "G": 4, "HEAD_DIM": 128, "BLOCK_G": query_block(4, code_type != "bf16"), "BLOCK_N": settings.block_n,
         "BLOCK_D": 128, "G_POW": 4,
         "MERGE_S": 16, "UPCAST": False, "DOT_PRECISION": "tf32", "HAS_KEY_MASK": False, "QUANT": code_type != "bf16",
-        "FULL_BLOCK_N": settings.full_block_n,
+        "FULL_BLOCK_N": settings.full_block_n, "MAX_WIDTH": max_width,
     }  # fmt: skip
     signature = {}
     for name in _leank_decode_kernel.arg_names:
@@ -122,6 +123,7 @@ def main() -> None:
     parser.add_argument("--stages", type=int, help="load stages")
     parser.add_argument("--max-registers", type=int, help="per-thread register cap; 0: the compiler's choice")
     parser.add_argument("--warps", type=int, default=4)
+    parser.add_argument("--max-width", type=int, default=128, help="widest kept width of the layer (multiple of 16)")
     args = parser.parse_args()
     for storage, code_type in STORAGES.items():
         settings = tile_settings(code_type != "bf16")
@@ -131,7 +133,7 @@ def main() -> None:
             args.stages or settings.num_stages,
             settings.max_registers if args.max_registers is None else args.max_registers or None,
         )
-        cubin = compile_sm90(code_type, settings, args.warps)
+        cubin = compile_sm90(code_type, settings, args.warps, args.max_width)
         instructions = disassemble(cubin)
         counts = collections.Counter(op for _, op, _ in instructions if not op.startswith("label:"))
         common = ", ".join(f"{op} {n}" for op, n in counts.most_common(8))
