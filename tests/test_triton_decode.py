@@ -143,6 +143,7 @@ SHAPES = [
     pytest.param([16, 64], 64, 7, 131, [5, 0, 61], 1, id="g7-batch3-pad"),
     pytest.param([0, 0], 64, 2, 77, [3], 2, id="all-zero-width"),
     pytest.param([64, 64, 64], 64, 2, 99, [0, 11], 4, id="all-full-width"),
+    pytest.param([32, 16, 0, 32], 64, 2, 140, [0, 9], 2, id="widest-32-of-64"),  # loops only up to MAX_WIDTH 32
 ]
 
 
@@ -150,6 +151,7 @@ SHAPES = [
 @pytest.mark.parametrize("widths, head_dim, group, length, pads, num_splits", SHAPES)
 def test_kernel_matches_dense_reference(widths, head_dim, group, length, pads, num_splits, dtype, atol, rtol):
     case = make_case(widths=widths, head_dim=head_dim, group=group, length=length, pads=pads, dtype=dtype, seed=length)
+    assert case.kv.layout.max_width == max(widths)  # the kernel compiles middle loops up to this width
     scale = head_dim**-0.5
     out = triton_decode.leank_decode_fwd(case.query, case.kv, scale, num_splits=num_splits, block_n=16)
     assert out.shape == case.query.shape and out.dtype == dtype
@@ -231,6 +233,7 @@ def test_matches_torch_path(dtype, atol, rtol):
 QUANT_CASES = [
     pytest.param([32, 0, 64, 16], 64, 4, 203, [0], {}, id="uneven-g4"),
     pytest.param([64, 48, 0, 16], 64, 1, 157, [0, 37], {1: [20, 21, 90, 150]}, id="g1-pad-holes"),
+    pytest.param([32, 16, 0, 32], 64, 4, 170, [3], {}, id="widest-32-of-64"),
 ]
 
 
