@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch._dynamo.utils
 
-from leank_hf import LeanKStaticCache, apply_leank
+from leank_hf import LeanKStaticCache, LeanKUsageError, apply_leank
 from leank_hf.contract import Windows
 from leank_hf.ops.decode_attention import leank_static_decode_torch
 from leank_hf.ops.decode_attention.quantization import FORMATS, has_fp8
@@ -53,6 +53,14 @@ def test_triton_custom_op_reads_the_8bit_middle(
     actual = leank_static_decode_triton(query, kv, scale=0.2, block_n=block_n)  # None: launch.tile_settings
     torch.testing.assert_close(actual.float(), expected.float(), rtol=0, atol=atol)
     assert int(kv.counters.abs().sum()) == 0
+
+
+@pytest.mark.parametrize("block_n", [8, 24])
+def test_triton_custom_op_refuses_a_tile_length_it_cannot_compile(block_n: int) -> None:
+    kv = _filled_layer(torch.ones(2, 32, dtype=torch.bool), "int8", torch.float32, pads=[0], steps=1)
+    query = torch.randn(1, 4, 1, 32, device=DEVICE)
+    with pytest.raises(LeanKUsageError, match=f"`block_n` must be a power of two >= 16, got {block_n}"):
+        leank_static_decode_triton(query, kv, scale=0.2, block_n=block_n)
 
 
 @pytest.mark.parametrize(

@@ -424,6 +424,15 @@ def test_kernel_refuses_8bit_values_without_the_tile_layout():
             triton_decode.leank_decode_triton(case.query, kv, scale=0.2)
 
 
+@pytest.mark.parametrize("quant, block_n", [(None, 24), (None, 8), ("int8", 48)])
+def test_kernel_refuses_a_tile_length_it_cannot_compile(quant, block_n):
+    case = make_case(
+        widths=[16, 32], head_dim=32, group=2, length=300, pads=[0], dtype=torch.float32, seed=3, quant=quant
+    )
+    with pytest.raises(LeanKUsageError, match=f"`block_n` must be a power of two >= 16, got {block_n}"):
+        triton_decode.leank_decode_fwd(case.query, case.kv, 0.2, block_n=block_n)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA")
 @pytest.mark.parametrize("quant", ["int8", "fp8"])

@@ -125,6 +125,12 @@ def tile_settings(quantized: bool) -> TileSettings:
     return TileSettings(64, 64, 3, None, guided=1.5, programs_per_sm=2, min_chunk_keys=1024)
 
 
+def check_block_n(block_n: int) -> None:
+    """Keys per middle tile: a power of two >= 16 (a tensor-core operand's rows and a Triton range)."""
+    if block_n < 16 or block_n & (block_n - 1):
+        raise LeanKUsageError(f"`block_n` must be a power of two >= 16, got {block_n}")
+
+
 def check_middle_dtypes(
     query: torch.Tensor,
     mid_keys: torch.Tensor,

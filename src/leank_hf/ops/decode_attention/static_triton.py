@@ -19,6 +19,7 @@ import triton.language as tl
 from .launch import (
     INTERPRETED,
     LOG2E,
+    check_block_n,
     check_middle_dtypes,
     choose_splits,
     next_power_of_2,
@@ -205,12 +206,13 @@ def leank_static_decode_triton(
         kv (`StaticKV`): the layer's step view; every kept width a multiple of 16; its middle in the query's dtype or
             8-bit (codes and scales).
         scale (`float`): softmax scale.
-        block_n (`int`, *optional*): keys per middle tile; `launch.tile_settings` chooses it (and the rest of the
-            launch settings) by the middle's storage if not given.
+        block_n (`int`, *optional*): keys per middle tile (a power of two >= 16); `launch.tile_settings` chooses it
+            (and the rest of the launch settings) by the middle's storage if not given.
     """
     layout, windows = kv.layout, kv.windows
     settings = tile_settings(kv.mid_key_scales is not None)
     block_n = block_n or settings.block_n
+    check_block_n(block_n)
     check_middle_dtypes(query, kv.mid_keys, kv.mid_values, kv.mid_key_scales, kv.mid_value_scales, kv.mid_cap)
     return static_decode(
         query.contiguous(),

@@ -36,6 +36,7 @@ from .launch import (
     INTERPRETED,
     LOG2E,
     TileSettings,
+    check_block_n,
     check_middle_dtypes,
     equal_chunks,
     middle_chunks,
@@ -286,6 +287,7 @@ def leank_decode_fwd(
     quant = kv.mid_key_scales is not None
     settings = settings or tile_settings(quant)
     block_n = block_n or settings.block_n
+    check_block_n(block_n)
     layout = kv.layout
     batch, num_q_heads, _, head_dim = query.shape
     num_kv_heads = layout.num_kv_heads
