@@ -55,6 +55,21 @@ def test_triton_custom_op_reads_the_8bit_middle(
     assert int(kv.counters.abs().sum()) == 0
 
 
+@pytest.mark.parametrize("quant", ["int8", "fp8"])
+def test_triton_custom_op_reads_8bit_values_across_stored_tiles(quant: str) -> None:
+    """Pad 20: the default 128-key tile starts at middle index 16, inside a stored 128-token value tile, and its last
+    keys lie in the next one (the middle holds ~140 tokens after 100 steps)."""
+    if quant == "fp8" and DEVICE == "cuda" and not has_fp8(torch.device(DEVICE)):
+        pytest.skip("FP8 e4m3 needs compute capability 8.9 or newer")
+    mask = torch.zeros(3, 32, dtype=torch.bool)
+    mask[0, :16] = True
+    mask[1, :] = True
+    kv = _filled_layer(mask, quant, torch.float32, pads=[0, 20], steps=100)
+    query = torch.randn(2, 6, 1, 32, device=DEVICE)
+    expected = leank_static_decode_torch(query, kv, scale=0.2)
+    torch.testing.assert_close(leank_static_decode_triton(query, kv, scale=0.2), expected, rtol=0, atol=1e-5)
+
+
 @pytest.mark.parametrize("block_n", [8, 24])
 def test_triton_custom_op_refuses_a_tile_length_it_cannot_compile(block_n: int) -> None:
     kv = _filled_layer(torch.ones(2, 32, dtype=torch.bool), "int8", torch.float32, pads=[0], steps=1)
