@@ -33,7 +33,7 @@ POINTERS = {
     "STORAGE_ORDER": "i64", "CHUNK_STARTS": "i32", "O_PART": "fp32", "LSE_PART": "fp32", "COUNTERS": "i32",
     "OUT": "bf16",
 }  # fmt: skip
-STORAGES = {"bf16": "bf16", "int8": "i8", "fp8": "fp8e4nv"}
+STORAGES = {"bf16": "bf16", "int8": "u8", "fp8": "fp8e4nv"}  # int8 codes are stored offset by 128 in uint8
 
 
 def compile_sm90(code_type: str, settings: TileSettings, num_warps: int = 4, max_width: int = 128) -> bytes:

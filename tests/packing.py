@@ -89,9 +89,9 @@ def pack_compact(
     if quant is not None:
         # NaN fillers become the largest code (the NaN scale still poisons a read of it): the kernels load 8-bit
         # values in whole 16-token groups and give the unreadable ones zero weight, which a NaN code would defeat.
-        code_dtype, qmax = QUANT_FORMATS[quant][1], QUANT_FORMATS[quant][0]
-        mid_keys = torch.nan_to_num(mid_keys.float(), nan=qmax).to(code_dtype)
-        mid_values = middle_values_like(torch.nan_to_num(mid_values.float(), nan=qmax).to(code_dtype))
+        qmax = QUANT_FORMATS[quant][0]
+        mid_keys = stored_codes(torch.nan_to_num(mid_keys.float(), nan=qmax), quant)
+        mid_values = middle_values_like(stored_codes(torch.nan_to_num(mid_values.float(), nan=qmax), quant))
     kv = CompactKV(
         layout=layout,
         full_keys=full_keys,
@@ -111,6 +111,21 @@ def pack_compact(
         mid_value_scales=None if quant is None else value_scales,
     )
     return kv if device is None else to_device(kv, device)
+
+
+# How the storage contract (CompactKV) keeps an 8-bit format's codes: dtype and the offset added to a code.
+CODE_STORAGE = {"int8": (torch.uint8, 128), "fp8": (torch.float8_e4m3fn, 0)}
+
+
+def stored_codes(codes: torch.Tensor, quant: str) -> torch.Tensor:
+    """Codes (as numbers, any float dtype) as the middle stores them."""
+    dtype, offset = CODE_STORAGE[quant]
+    return (codes.float() + offset).to(dtype)
+
+
+def code_numbers(stored: torch.Tensor, quant: str) -> torch.Tensor:
+    """The codes (fp32 numbers) of a middle's stored bytes."""
+    return stored.float() - CODE_STORAGE[quant][1]
 
 
 def stored_values(values: torch.Tensor, tokens: int) -> torch.Tensor:

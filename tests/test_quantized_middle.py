@@ -9,7 +9,7 @@ from leank_hf import LeanKCache, LeanKUsageError, apply_leank, revert_leank
 from leank_hf.middle_region import MiddleRegion
 from leank_hf.ops.decode_attention.layout import VALUE_TILE, HeadLayout, middle_values_like
 from leank_hf.ops.decode_attention.quantization import FORMATS, resolve_quant
-from packing import stored_values
+from packing import CODE_STORAGE, code_numbers, stored_codes, stored_values
 from reference import ReferenceCache, fake_quantize, quantize, random_layer_mask, reference_model
 from tiny_models import LLAMA_WIDTHS, random_masks, tiny_model
 
@@ -50,11 +50,11 @@ def test_write_stores_the_reference_codes_and_scales(quant: str, dtype: torch.dt
     heads = region.layout.storage_order[: region.layout.num_value_heads].tolist()
     for (codes, scales), (value_codes, value_scales), head in zip(stored_keys, stored_values, heads):
         want_codes, want_scales = quantize(keys[:, head][..., mask[head]], quant)
-        assert codes.dtype == FORMATS[quant].dtype
-        torch.testing.assert_close(codes.float(), want_codes.float(), rtol=0, atol=0)
+        assert codes.dtype == value_codes.dtype == CODE_STORAGE[quant][0]
+        torch.testing.assert_close(code_numbers(codes, quant), want_codes.float(), rtol=0, atol=0)
         torch.testing.assert_close(scales, want_scales[..., 0], rtol=0, atol=0)
         want_codes, want_scales = quantize(values[:, head], quant)
-        torch.testing.assert_close(value_codes.float(), want_codes.float(), rtol=0, atol=0)
+        torch.testing.assert_close(code_numbers(value_codes, quant), want_codes.float(), rtol=0, atol=0)
         torch.testing.assert_close(value_scales, want_scales[..., 0], rtol=0, atol=0)
     # Storage error within half a step of the format (fp32 rounding aside): int8 1/254 of the largest magnitude;
     # fp8 2^-4 relative, or half its smallest subnormal step (2^-10 of the scale).
@@ -78,8 +78,8 @@ def test_value_codes_sit_in_tiles_where_the_kernels_read_them(quant: str) -> Non
         want, _ = quantize(values[:, head], quant)  # [B, n, D]
         for i, t in enumerate(index.tolist()):
             stored = region.values[:, slot, t // VALUE_TILE, :, t % VALUE_TILE]
-            torch.testing.assert_close(stored.float(), want[:, i].float(), rtol=0, atol=0)
-    codes = torch.randn(2, 3, 200, 32, generator=generator).to(FORMATS[quant].dtype)
+            torch.testing.assert_close(code_numbers(stored, quant), want[:, i].float(), rtol=0, atol=0)
+    codes = stored_codes(torch.randn(2, 3, 200, 32, generator=generator).round(), quant)
     tiles = middle_values_like(codes)
     assert tiles.shape == (2, 3, 2, 32, VALUE_TILE) and middle_values_like(tiles) is tiles
     assert torch.equal(tiles[:, :, 1, :, 199 - VALUE_TILE].float(), codes[:, :, 199].float())
@@ -260,7 +260,7 @@ def test_masks_carry_a_recommended_middle_storage(tmp_path) -> None:
     loaded = LeanKMasks.from_pretrained(str(tmp_path))
     assert loaded == masks and loaded.middle_quant == "int8"
     keys = torch.randn(1, 2, 40, 32)
-    for quant, dtype in ((None, torch.int8), ("none", torch.float32), ("fp8", torch.float8_e4m3fn)):
+    for quant, dtype in ((None, torch.uint8), ("none", torch.float32), ("fp8", torch.float8_e4m3fn)):
         cache = LeanKCache(loaded, model.config, middle_quant=quant)
         cache.update(keys, keys, 0)
         cache.layers[0].finish_prefill(None)

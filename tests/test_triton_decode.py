@@ -19,7 +19,7 @@ from leank_hf.ops.decode_attention import launch
 from leank_hf.ops.decode_attention import triton as triton_decode
 from leank_hf.ops.decode_attention.layout import VALUE_TILE, CompactKV
 from leank_hf.ops.decode_attention.naive import leank_decode_torch
-from packing import pack_compact, stored_values
+from packing import CODE_STORAGE, pack_compact, stored_values
 from reference import dense_attention, random_layer_mask, window_start
 
 HAS_CUDA = torch.cuda.is_available()
@@ -248,7 +248,7 @@ def test_kernel_reads_an_8bit_middle(widths, head_dim, group, length, pads, hole
         widths=widths, head_dim=head_dim, group=group, length=length, pads=pads, dtype=dtype, seed=length,
         holes=holes or None, quant=quant, mid_past_boundary=5,
     )  # fmt: skip
-    assert case.kv.mid_keys.dtype == (torch.int8 if quant == "int8" else torch.float8_e4m3fn)
+    assert case.kv.mid_keys.dtype == CODE_STORAGE[quant][0]
     out = triton_decode.leank_decode_fwd(case.query, case.kv, 0.125, num_splits=3, block_n=16)
     expected = dense_reference(case, 0.125)
     assert_close(out, expected, atol, rtol)

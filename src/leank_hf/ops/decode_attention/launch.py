@@ -15,7 +15,7 @@ from .layout import VALUE_TILE, has_value_storage
 # Kernels are built as interpreted functions when TRITON_INTERPRET=1 at import. The interpreter computes bf16
 # wrongly, so loads are cast to fp32 right away in that mode.
 INTERPRETED = bool(knobs.runtime.interpret)
-CODE_DTYPES = (torch.int8, torch.float8_e4m3fn)  # an 8-bit middle's codes
+CODE_DTYPES = (torch.uint8, torch.float8_e4m3fn)  # an 8-bit middle's codes (int8 stored offset by 128)
 LOG2E = 1.4426950408889634
 MAX_SPLITS = 64
 MIN_CHUNK_KEYS = 512  # shortest middle chunk a program attends (8 tiles of 64 keys, 4 of 128)

@@ -194,7 +194,8 @@ class CompactKV:
 
     An 8-bit middle region (`ops.decode_attention.quantization`) stores codes in `mid_keys`/`mid_values` and their
     fp32 scales in `mid_key_scales`/`mid_value_scales` `[B, num_value_heads, mid_cap]` (heads in storage order); the
-    stored key of middle index `t` is `code * mid_key_scales[b, slot, t]`, its value likewise.
+    stored key of middle index `t` is `code * mid_key_scales[b, slot, t]`, its value likewise. FP8 e4m3 codes are
+    stored as they are, int8 codes offset by 128 in `uint8` (a stored byte `u` is the code `u - 128`).
 
     `from_cache` marks one built by a LeanK cache layer from its own buffers, which keeps them in the dtypes, devices
     and strides the kernels read: the Triton launcher then checks the step's inputs (query, key mask, shapes) and

@@ -1,8 +1,8 @@
 """PyTorch attention over one layer's LeanK cache: the CPU path and the oracle of the Triton kernel.
 
 The middle keys are read as stored, one `[B, count, T, width]` view per run of equal-width heads, never widened back
-to `head_dim`. An 8-bit middle is read as codes (each width group cast to fp32 for its matmul, as a bf16 group is):
-its per-token scales multiply the scores (keys) and the probabilities (values), so no dequantized copy is built.
+to `head_dim`. An 8-bit middle is read as codes (each width group made fp32 numbers for its matmul, as a bf16 group
+is): its per-token scales multiply the scores (keys) and the probabilities (values), so no dequantized copy is built.
 Scores, softmax and accumulation are fp32. Python loops run over width groups only (a handful per layer), never over
 heads, tokens or query rows.
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from .layout import VALUE_TILE, CompactKV, HeadLayout, StaticKV
+from .quantization import code_values
 
 
 def leank_decode_torch(query: torch.Tensor, kv: CompactKV, *, scale: float) -> torch.Tensor:
@@ -115,7 +116,7 @@ def attend_compact(
             heads = layout.storage_order[group.first : group.first + group.count]  # natural head ids
             channels = layout.gather_index[group.offset : group.offset + group.count * group.width]
             q_group = q_flat.index_select(2, channels).view(batch, rows, group.count, group.width).transpose(1, 2)
-            group_scores = q_group @ group_keys.float().transpose(-1, -2)
+            group_scores = q_group @ code_values(group_keys).transpose(-1, -2)
             if mid_scales is not None:  # q . (s k) = s (q . k)
                 group_scores = group_scores * mid_scales[0][:, group.first : group.first + group.count, None]
             group_scores = group_scores.view(batch, group.count, -1, num_rows, num_mid)
@@ -148,10 +149,10 @@ def _weighted_values(probs: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     VALUE_TILE, D, VALUE_TILE]`, which are multiplied tile by tile rather than copied token-major."""
     tokens = probs.shape[-1]
     if values.dim() == 4:
-        return probs @ values[:, :, :tokens].float()
+        return probs @ values[:, :, :tokens].float()  # the model's dtype
     tiles = -(-tokens // VALUE_TILE)
     probs = torch.nn.functional.pad(probs, (0, tiles * VALUE_TILE - tokens)).unflatten(-1, (tiles, VALUE_TILE))
-    return (probs.transpose(2, 3) @ values[:, :, :tiles].float().transpose(-1, -2)).sum(2)
+    return (probs.transpose(2, 3) @ code_values(values[:, :, :tiles]).transpose(-1, -2)).sum(2)
 
 
 def _scales(kv: CompactKV | StaticKV, tokens: int) -> tuple[torch.Tensor, torch.Tensor] | None:

@@ -3,6 +3,8 @@
 Keys are scaled over the head's kept channels, values over `head_dim`. For a vector `x` (fp32):
 `scale = amax(|x|) / qmax` and `code = x / scale` (1 when `scale == 0`), rounded half to even and clamped to
 `[-qmax, qmax]` for int8, clamped and cast (round to nearest even) for FP8 e4m3. The stored vector is `code * scale`.
+int8 codes are stored offset by 128 in `uint8` (offset binary, `code + 128`): the GPU kernels then turn four codes
+into fp16 with two byte permutes and two paired subtractions, without first flipping their sign bits.
 
 A scale per token factors out of both products attention takes: `q . (s k) = s (q . k)` and `sum_t p_t s_t v_t =
 (p * s) @ v`. Readers therefore multiply a tile's scores by the key scales and its probabilities by the value scales,
@@ -26,16 +28,19 @@ class MiddleQuant:
         name (`str`): `"int8"` or `"fp8"` (FP8 e4m3, `torch.float8_e4m3fn`).
         dtype (`torch.dtype`): the storage dtype of the codes.
         qmax (`float`): largest code magnitude (127, or 448 for e4m3).
+        offset (`int`): added to a code before it is stored (128 for int8, stored as `uint8`; 0 for e4m3).
     """
 
     name: str
     dtype: torch.dtype
     qmax: float
+    offset: int
 
 
+INT8_OFFSET = 128
 FORMATS = {
-    "int8": MiddleQuant("int8", torch.int8, 127.0),
-    "fp8": MiddleQuant("fp8", torch.float8_e4m3fn, 448.0),
+    "int8": MiddleQuant("int8", torch.uint8, 127.0, INT8_OFFSET),
+    "fp8": MiddleQuant("fp8", torch.float8_e4m3fn, 448.0, 0),
 }
 CHOICES = ("none", *FORMATS)
 
@@ -69,9 +74,17 @@ def check_quant_name(name: str | None) -> None:
 def encode(x: torch.Tensor, scale: torch.Tensor, quant: MiddleQuant) -> torch.Tensor:
     """Codes of fp32 `x` for the fp32 `scale` broadcast against it (the module docstring's rule)."""
     codes = x / torch.where(scale > 0, scale, torch.ones_like(scale))
-    if quant.dtype == torch.int8:
+    if quant.name == "int8":
         codes = codes.round()
-    return codes.clamp(-quant.qmax, quant.qmax).to(quant.dtype)
+    codes = codes.clamp(-quant.qmax, quant.qmax)
+    return (codes + quant.offset if quant.offset else codes).to(quant.dtype)
+
+
+def code_values(stored: torch.Tensor) -> torch.Tensor:
+    """Stored middle elements as fp32 numbers: int8 codes (`uint8`) less their offset, anything else cast."""
+    if stored.dtype == torch.uint8:
+        return stored.float().sub_(INT8_OFFSET)
+    return stored.float()
 
 
 def quantize_rows(x: torch.Tensor, quant: MiddleQuant) -> tuple[torch.Tensor, torch.Tensor]:

@@ -9,9 +9,11 @@ import triton
 import triton.language as tl
 
 from .layout import CODE_GROUP, VALUE_TILE
+from .quantization import INT8_OFFSET
 
 TOKEN_GROUP = tl.constexpr(CODE_GROUP)  # 8-bit values are read in whole groups of this many tokens
 TOKEN_TILE = tl.constexpr(VALUE_TILE)  # and stored in tiles of this many, each a contiguous [HEAD_DIM, TOKEN_TILE]
+INT8_CODE_OFFSET = tl.constexpr(float(INT8_OFFSET))  # int8 codes are stored as uint8 code + 128
 LOG2_MIN_SCALE = tl.constexpr(-100.0)  # value scales below 2^-100 (zero: all-zero values) weigh as 2^-100
 
 
@@ -58,16 +60,15 @@ def load_query_part(p_q, p_channels, m_g, OFF: tl.constexpr, P: tl.constexpr, UP
 
 @triton.jit
 def int8_to_half(codes):
-    # Exact int8 -> fp16 without integer-to-float conversions (a slow pipe): code b ^ 0x80 is b + 128, and as the low
-    # byte under a high byte 0x64 the fp16 number 1024 + b + 128; subtracting 1152 (0x6480) leaves b. Four codes per
-    # 32-bit register: one xor, two byte permutes and two paired subtractions.
+    # Exact int8 -> fp16 without integer-to-float conversions (a slow pipe): a code b is stored as the byte b + 128
+    # (INT8_OFFSET), which as the low byte under a high byte 0x64 is the fp16 number 1024 + b + 128;
+    # subtracting 1152 (0x6480) leaves b. Four codes per 32-bit register: two byte permutes, two paired subtractions.
     return tl.inline_asm_elementwise(
         asm="""{
-        .reg .b32 biased, offset;
-        xor.b32 biased, $2, 0x80808080;
+        .reg .b32 offset;
         mov.b32 offset, 0x64806480;
-        prmt.b32 $0, biased, 0x64646464, 0x5140;
-        prmt.b32 $1, biased, 0x64646464, 0x7362;
+        prmt.b32 $0, $2, 0x64646464, 0x5140;
+        prmt.b32 $1, $2, 0x64646464, 0x7362;
         sub.f16x2 $0, $0, offset;
         sub.f16x2 $1, $1, offset;
         }""",
@@ -81,10 +82,13 @@ def int8_to_half(codes):
 
 @triton.jit
 def codes_to(x, dtype: tl.constexpr):
-    # A tile of the middle in `dtype`: int8 codes to fp16 by int8_to_half, everything else by a cast (exact for int8
-    # and e4m3 codes, which fp16 and fp32 represent exactly; e4m3 to fp16 is one paired hardware conversion).
-    if x.dtype == tl.int8 and dtype == tl.float16:
-        return int8_to_half(x)
+    # A tile of the middle as `dtype` numbers: int8 codes (uint8, offset by 128) by int8_to_half for fp16, less the
+    # offset otherwise; everything else by a cast (exact for e4m3 codes, which fp16 and fp32 represent exactly; e4m3
+    # to fp16 is one paired hardware conversion).
+    if x.dtype == tl.uint8:
+        if dtype == tl.float16:
+            return int8_to_half(x)
+        return x.to(dtype) - INT8_CODE_OFFSET
     return x.to(dtype)
 
 

@@ -29,7 +29,7 @@ from ...contract import Windows
 from ...errors import LeanKUsageError
 from ...masks import LeanKMasks
 from ...ops.decode_attention.layout import CompactKV, HeadLayout, middle_values_like
-from ...ops.decode_attention.quantization import FORMATS
+from ...ops.decode_attention.quantization import FORMATS, encode
 from . import MASK_ID, BenchmarkResult
 
 DEFAULT_CONTEXTS = (8192, 32768, 131072)
@@ -104,6 +104,13 @@ def _window(context: int, sink: int, recent: int, flush: int) -> tuple[int, int]
     return boundary, context - boundary
 
 
+def _random_middle(shape: tuple[int, ...], dtype: torch.dtype, quant: str | None) -> torch.Tensor:
+    """Normal values on the GPU in `dtype`, or as the 8-bit codes of `quant` at unit scale (int8: rounded, mostly in
+    [-3, 3]; fp8: as e4m3)."""
+    values = torch.randn(shape, device="cuda")
+    return values.to(dtype) if quant is None else encode(values, torch.ones((), device="cuda"), FORMATS[quant])
+
+
 def _layer_caches(
     masks: LeanKMasks, layers: Sequence[int], context: int, batch: int, dtype: torch.dtype, quant: str | None = None
 ) -> list[CompactKV]:
@@ -117,10 +124,8 @@ def _layer_caches(
     max_value_heads = max(layout.num_value_heads for layout in layouts)
     full_keys = torch.randn(batch, NUM_KV_HEADS, sink + recent + flush, HEAD_DIM, device="cuda", dtype=dtype)
     full_values = torch.randn_like(full_keys)
-    stored = dtype if quant is None else FORMATS[quant].dtype
-    # Random codes: normal values cast to the storage dtype (int8: rounded, in [-4, 4]; fp8: as e4m3).
-    mid_keys = torch.randn(batch, num_mid * max_width, device="cuda").to(stored)
-    mid_values = middle_values_like(torch.randn(batch, max_value_heads, num_mid, HEAD_DIM, device="cuda").to(stored))
+    mid_keys = _random_middle((batch, num_mid * max_width), dtype, quant)
+    mid_values = middle_values_like(_random_middle((batch, max_value_heads, num_mid, HEAD_DIM), dtype, quant))
     scales = None
     if quant is not None:
         scales = torch.rand(2, batch, max_value_heads, num_mid, device="cuda") / 64
