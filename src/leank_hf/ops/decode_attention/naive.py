@@ -1,8 +1,9 @@
 """PyTorch attention over one layer's LeanK cache: the CPU path and the oracle of the Triton kernel.
 
 The middle keys are read as stored, one `[B, count, T, width]` view per run of equal-width heads, never widened back
-to `head_dim`. An 8-bit middle is read as codes (each width group made fp32 numbers for its matmul, as a bf16 group
-is): its per-token scales multiply the scores (keys) and the probabilities (values), so no dequantized copy is built.
+to `head_dim`. An 8-bit middle is read as codes (each width group cast to fp32 for its matmul, as a bf16 group is;
+stored int8 codes keep their offset of 128 through the products, which lose it once): its per-token scales multiply
+the scores (keys) and the probabilities (values), so no dequantized copy is built.
 Scores, softmax and accumulation are fp32. Python loops run over width groups only (a handful per layer), never over
 heads, tokens or query rows.
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from .layout import VALUE_TILE, CompactKV, HeadLayout, StaticKV
-from .quantization import code_values
+from .quantization import code_offset
 
 
 def leank_decode_torch(query: torch.Tensor, kv: CompactKV, *, scale: float) -> torch.Tensor:
@@ -116,7 +117,9 @@ def attend_compact(
             heads = layout.storage_order[group.first : group.first + group.count]  # natural head ids
             channels = layout.gather_index[group.offset : group.offset + group.count * group.width]
             q_group = q_flat.index_select(2, channels).view(batch, rows, group.count, group.width).transpose(1, 2)
-            group_scores = q_group @ code_values(group_keys).transpose(-1, -2)
+            group_scores = q_group @ group_keys.float().transpose(-1, -2)
+            if offset := code_offset(group_keys.dtype):  # q . (code + offset) - offset * sum(q)
+                group_scores = group_scores - offset * q_group.sum(-1, keepdim=True)
             if mid_scales is not None:  # q . (s k) = s (q . k)
                 group_scores = group_scores * mid_scales[0][:, group.first : group.first + group.count, None]
             group_scores = group_scores.view(batch, group.count, -1, num_rows, num_mid)
@@ -146,13 +149,17 @@ def attend_compact(
 
 def _weighted_values(probs: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     """`probs [B, c, rows, T] @ values` in fp32, for token-major values `[B, c, >= T, D]` or 8-bit tiles `[B, c, >= T /
-    VALUE_TILE, D, VALUE_TILE]`, which are multiplied tile by tile rather than copied token-major."""
+    VALUE_TILE, D, VALUE_TILE]`, which are multiplied tile by tile rather than copied token-major. Stored int8 codes
+    carry their offset into the product, which then loses it once (no pass over the codes to remove it)."""
     tokens = probs.shape[-1]
     if values.dim() == 4:
-        return probs @ values[:, :, :tokens].float()  # the model's dtype
+        return probs @ values[:, :, :tokens].float()
     tiles = -(-tokens // VALUE_TILE)
-    probs = torch.nn.functional.pad(probs, (0, tiles * VALUE_TILE - tokens)).unflatten(-1, (tiles, VALUE_TILE))
-    return (probs.transpose(2, 3) @ code_values(values[:, :, :tiles]).transpose(-1, -2)).sum(2)
+    padded = torch.nn.functional.pad(probs, (0, tiles * VALUE_TILE - tokens)).unflatten(-1, (tiles, VALUE_TILE))
+    weighted = (padded.transpose(2, 3) @ values[:, :, :tiles].float().transpose(-1, -2)).sum(2)
+    if offset := code_offset(values.dtype):  # (code + offset) . p - offset * sum(p)
+        weighted = weighted - offset * probs.sum(-1, keepdim=True)
+    return weighted
 
 
 def _scales(kv: CompactKV | StaticKV, tokens: int) -> tuple[torch.Tensor, torch.Tensor] | None:

@@ -80,11 +80,9 @@ def encode(x: torch.Tensor, scale: torch.Tensor, quant: MiddleQuant) -> torch.Te
     return (codes + quant.offset if quant.offset else codes).to(quant.dtype)
 
 
-def code_values(stored: torch.Tensor) -> torch.Tensor:
-    """Stored middle elements as fp32 numbers: int8 codes (`uint8`) less their offset, anything else cast."""
-    if stored.dtype == torch.uint8:
-        return stored.float().sub_(INT8_OFFSET)
-    return stored.float()
+def code_offset(dtype: torch.dtype) -> int:
+    """What a middle stored in `dtype` adds to each code: 128 for int8 codes (`uint8`), else 0."""
+    return INT8_OFFSET if dtype == torch.uint8 else 0
 
 
 def quantize_rows(x: torch.Tensor, quant: MiddleQuant) -> tuple[torch.Tensor, torch.Tensor]:
