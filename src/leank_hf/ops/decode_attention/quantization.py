@@ -28,19 +28,17 @@ class MiddleQuant:
         name (`str`): `"int8"` or `"fp8"` (FP8 e4m3, `torch.float8_e4m3fn`).
         dtype (`torch.dtype`): the storage dtype of the codes.
         qmax (`float`): largest code magnitude (127, or 448 for e4m3).
-        offset (`int`): added to a code before it is stored (128 for int8, stored as `uint8`; 0 for e4m3).
     """
 
     name: str
     dtype: torch.dtype
     qmax: float
-    offset: int
 
 
 INT8_OFFSET = 128
 FORMATS = {
-    "int8": MiddleQuant("int8", torch.uint8, 127.0, INT8_OFFSET),
-    "fp8": MiddleQuant("fp8", torch.float8_e4m3fn, 448.0, 0),
+    "int8": MiddleQuant("int8", torch.uint8, 127.0),  # codes stored offset by INT8_OFFSET
+    "fp8": MiddleQuant("fp8", torch.float8_e4m3fn, 448.0),
 }
 CHOICES = ("none", *FORMATS)
 
@@ -77,7 +75,8 @@ def encode(x: torch.Tensor, scale: torch.Tensor, quant: MiddleQuant) -> torch.Te
     if quant.name == "int8":
         codes = codes.round()
     codes = codes.clamp(-quant.qmax, quant.qmax)
-    return (codes + quant.offset if quant.offset else codes).to(quant.dtype)
+    offset = code_offset(quant.dtype)
+    return (codes + offset if offset else codes).to(quant.dtype)
 
 
 def code_offset(dtype: torch.dtype) -> int:
