@@ -29,7 +29,7 @@ from ...contract import Windows
 from ...errors import LeanKUsageError
 from ...masks import LeanKMasks
 from ...ops.decode_attention.layout import CompactKV, HeadLayout, middle_values_like
-from ...ops.decode_attention.quantization import FORMATS, encode
+from ...ops.decode_attention.quantization import FORMATS, quantize_rows
 from . import MASK_ID, BenchmarkResult
 
 DEFAULT_CONTEXTS = (8192, 32768, 131072)
@@ -104,18 +104,21 @@ def _window(context: int, sink: int, recent: int, flush: int) -> tuple[int, int]
     return boundary, context - boundary
 
 
-def _random_middle(shape: tuple[int, ...], dtype: torch.dtype, quant: str | None) -> torch.Tensor:
-    """Normal values on the GPU in `dtype`, or as the 8-bit codes of `quant` at unit scale (int8: rounded, mostly in
-    [-3, 3]; fp8: as e4m3)."""
+def _random_middle(shape: tuple[int, ...], dtype: torch.dtype, quant: str | None, row: int) -> torch.Tensor:
+    """Normal values on the GPU in `dtype`, or the 8-bit codes of `quant` of normal vectors of `row` elements, each
+    quantized at its own scale as the cache quantizes a token's head (codes spread over the format's range: the
+    kernel's speed depends on the bytes it reads: unit-scale int8 codes, nearly all in [-4, 4], ran ~3% faster)."""
     values = torch.randn(shape, device="cuda")
-    return values.to(dtype) if quant is None else encode(values, torch.ones((), device="cuda"), FORMATS[quant])
+    if quant is None:
+        return values.to(dtype)
+    return quantize_rows(values.unflatten(-1, (-1, row)), FORMATS[quant])[0].flatten(-2)
 
 
 def _layer_caches(
     masks: LeanKMasks, layers: Sequence[int], context: int, batch: int, dtype: torch.dtype, quant: str | None = None
 ) -> list[CompactKV]:
     """A LeanK cache of `context` slots per layer; middle buffers are shared views of one allocation (random data;
-    with `quant`, 8-bit codes and fp32 scales)."""
+    with `quant`, 8-bit codes of random vectors (`_random_middle`) and random fp32 scales, not the codes' own)."""
     sink, recent, flush = masks.sink_size, masks.recent_size, masks.flush_size
     boundary, num_recent = _window(context, sink, recent, flush)
     num_mid = boundary - sink
@@ -124,8 +127,9 @@ def _layer_caches(
     max_value_heads = max(layout.num_value_heads for layout in layouts)
     full_keys = torch.randn(batch, NUM_KV_HEADS, sink + recent + flush, HEAD_DIM, device="cuda", dtype=dtype)
     full_values = torch.randn_like(full_keys)
-    mid_keys = _random_middle((batch, num_mid * max_width), dtype, quant)
-    mid_values = middle_values_like(_random_middle((batch, max_value_heads, num_mid, HEAD_DIM), dtype, quant))
+    # key rows of the mask's alignment (every kept width is a multiple of it), value rows of a head's channels
+    mid_keys = _random_middle((batch, num_mid * max_width), dtype, quant, masks.align)
+    mid_values = middle_values_like(_random_middle((batch, max_value_heads, num_mid, HEAD_DIM), dtype, quant, HEAD_DIM))
     scales = None
     if quant is not None:
         scales = torch.rand(2, batch, max_value_heads, num_mid, device="cuda") / 64
@@ -393,7 +397,8 @@ def run_kernel_benchmark(
         "events: CUDA events per call after warm-up, L2 flushed before each (host launch cost shows when it exceeds "
         "the flush); graph: CUDA-graph replay, GPU time only. GB/s and % of copy BW: cache bytes read / graph time. "
         "bytes limit: dense cache bytes / LeanK cache bytes. LeanK middle int8 / fp8: 8-bit codes and fp32 scales "
-        "(per token and KV head, keys and values; counted in the LeanK bytes), random data; SDPA reads a bf16 cache.",
+        "(per token and KV head, keys and values; counted in the LeanK bytes) of random normal vectors; SDPA reads a "
+        "bf16 cache.",
         f"Host cost per call (8K tokens, batch 1): LeanK {host['leank_host_us']:.0f} us, "
         f"SDPA {host['sdpa_host_us']:.0f} us.",
     ]
