@@ -14,6 +14,7 @@ from .quantization import INT8_OFFSET
 TOKEN_GROUP = tl.constexpr(CODE_GROUP)  # 8-bit values are read in whole groups of this many tokens
 TOKEN_TILE = tl.constexpr(VALUE_TILE)  # and stored in tiles of this many, each a contiguous [HEAD_DIM, TOKEN_TILE]
 INT8_CODE_OFFSET = tl.constexpr(float(INT8_OFFSET))  # int8 codes are stored as uint8 code + 128
+INT8_READ_BIAS = tl.constexpr(1152.0)  # and read as code + 1152 (fp16 0x6400 + stored byte; int8_to_biased_half)
 LOG2_MIN_SCALE = tl.constexpr(-100.0)  # value scales below 2^-100 (zero: all-zero values) weigh as 2^-100
 
 
@@ -59,18 +60,15 @@ def load_query_part(p_q, p_channels, m_g, OFF: tl.constexpr, P: tl.constexpr, UP
 
 
 @triton.jit
-def int8_to_half(codes):
-    # Exact int8 -> fp16 without integer-to-float conversions (a slow pipe): a code b is stored as the byte b + 128
-    # (INT8_OFFSET), which as the low byte under a high byte 0x64 is the fp16 number 1024 + b + 128;
-    # subtracting 1152 (0x6480) leaves b. Four codes per 32-bit register: two byte permutes, two paired subtractions.
+def int8_to_biased_half(codes):
+    # int8 codes to fp16 as code + INT8_READ_BIAS, exactly and without integer-to-float conversions (a slow pipe): a
+    # code b is stored as the byte b + 128 (INT8_OFFSET), which as the low byte under a high byte 0x64 is the fp16
+    # number 1024 + b + 128. Four codes per 32-bit register: two byte permutes. attend_middle_codes removes the bias
+    # from the products (it is the same for every code).
     return tl.inline_asm_elementwise(
         asm="""{
-        .reg .b32 offset;
-        mov.b32 offset, 0x64806480;
         prmt.b32 $0, $2, 0x64646464, 0x5140;
         prmt.b32 $1, $2, 0x64646464, 0x7362;
-        sub.f16x2 $0, $0, offset;
-        sub.f16x2 $1, $1, offset;
         }""",
         constraints="=r,=r,r",
         args=[codes],
@@ -81,14 +79,17 @@ def int8_to_half(codes):
 
 
 @triton.jit
-def codes_to(x, dtype: tl.constexpr):
-    # A tile of the middle as `dtype` numbers: int8 codes (uint8, offset by 128) by int8_to_half for fp16, less the
-    # offset otherwise; everything else by a cast (exact for e4m3 codes, which fp16 and fp32 represent exactly; e4m3
-    # to fp16 is one paired hardware conversion).
+def codes_to(x, dtype: tl.constexpr, BIASED: tl.constexpr):
+    # A tile of the middle as `dtype` numbers: int8 codes (uint8, offset by 128) as the codes, or with BIASED (a
+    # 16-bit model: products in fp16, or in fp32 when interpreting) as code + INT8_READ_BIAS, by int8_to_biased_half
+    # for fp16; everything else by a cast (exact for e4m3 codes, which fp16 and fp32 represent exactly; e4m3 to fp16
+    # is one paired hardware conversion).
     if x.dtype == tl.uint8:
+        if not BIASED:
+            return x.to(dtype) - INT8_CODE_OFFSET
         if dtype == tl.float16:
-            return int8_to_half(x)
-        return x.to(dtype) - INT8_CODE_OFFSET
+            return int8_to_biased_half(x)
+        return x.to(dtype) + (INT8_READ_BIAS - INT8_CODE_OFFSET)
     return x.to(dtype)
 
 
@@ -117,7 +118,7 @@ def query_parts(p_q, p_channels, m_g, W: tl.constexpr, UPCAST: tl.constexpr):
 @triton.jit
 def part_scores(
     scores, q, p_k, o_n, valid, W: tl.constexpr, P: tl.constexpr, KEYS_AS_ROWS: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    BIASED: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):  # fmt: skip
     # Keys of one tile are a contiguous [BLOCK_N, W] block; this reads the columns of its part P (see query_parts),
     # converted to the dtype of q (fp32 when interpreting; fp16 for 8-bit codes and a 16-bit model), and adds their
@@ -125,7 +126,7 @@ def part_scores(
     # BLOCK_G] += k @ q, q being [P, BLOCK_G].
     OFF: tl.constexpr = W - W % (2 * P)
     k = tl.load(p_k + o_n[:, None] * W + OFF + tl.arange(0, P)[None, :], mask=valid[:, None], other=0.0)
-    k = codes_to(k, q.dtype)
+    k = codes_to(k, q.dtype, BIASED)
     if KEYS_AS_ROWS:
         product = tl.dot(k, q, input_precision=DOT_PRECISION)
     else:
@@ -136,19 +137,19 @@ def part_scores(
 @triton.jit
 def tile_scores(
     scores, q256, q128, q64, q32, q16, p_k, o_n, valid, W: tl.constexpr, KEYS_AS_ROWS: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    BIASED: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):  # fmt: skip
     # scores plus the products of one tile's keys with every query part W has (see part_scores)
     if W & 256:
-        scores = part_scores(scores, q256, p_k, o_n, valid, W, 256, KEYS_AS_ROWS, DOT_PRECISION)
+        scores = part_scores(scores, q256, p_k, o_n, valid, W, 256, KEYS_AS_ROWS, BIASED, DOT_PRECISION)
     if W & 128:
-        scores = part_scores(scores, q128, p_k, o_n, valid, W, 128, KEYS_AS_ROWS, DOT_PRECISION)
+        scores = part_scores(scores, q128, p_k, o_n, valid, W, 128, KEYS_AS_ROWS, BIASED, DOT_PRECISION)
     if W & 64:
-        scores = part_scores(scores, q64, p_k, o_n, valid, W, 64, KEYS_AS_ROWS, DOT_PRECISION)
+        scores = part_scores(scores, q64, p_k, o_n, valid, W, 64, KEYS_AS_ROWS, BIASED, DOT_PRECISION)
     if W & 32:
-        scores = part_scores(scores, q32, p_k, o_n, valid, W, 32, KEYS_AS_ROWS, DOT_PRECISION)
+        scores = part_scores(scores, q32, p_k, o_n, valid, W, 32, KEYS_AS_ROWS, BIASED, DOT_PRECISION)
     if W & 16:
-        scores = part_scores(scores, q16, p_k, o_n, valid, W, 16, KEYS_AS_ROWS, DOT_PRECISION)
+        scores = part_scores(scores, q16, p_k, o_n, valid, W, 16, KEYS_AS_ROWS, BIASED, DOT_PRECISION)
     return scores
 
 
@@ -209,7 +210,7 @@ def attend_middle_values(
         if HAS_KEY_MASK:  # mask bytes of this tile's global slots (p_key_mask points at middle index 0)
             valid &= tl.load(p_key_mask + start + o_n, mask=valid, other=0) != 0
         scores = tl.zeros([BLOCK_G, BLOCK_N], dtype=tl.float32)
-        scores = tile_scores(scores, q256, q128, q64, q32, q16, p_k_tile, o_n, valid, W, False, DOT_PRECISION)
+        scores = tile_scores(scores, q256, q128, q64, q32, q16, p_k_tile, o_n, valid, W, False, False, DOT_PRECISION)
         v = tl.load(p_v_tile + o_n[:, None] * stride_vt + o_d[None, :], mask=valid[:, None] & m_d[None, :], other=0.0)
         if UPCAST:
             v = v.to(tl.float32)
@@ -217,6 +218,23 @@ def attend_middle_values(
         p_k_tile += BLOCK_N * W
         p_v_tile += BLOCK_N * stride_vt
     return m_i, l_i, acc
+
+
+@triton.jit
+def query_sums(q256, q128, q64, q32, q16, W: tl.constexpr, BLOCK_G: tl.constexpr):
+    # [BLOCK_G] fp32: each query column's sum over the kept channels of the transposed parts [P, BLOCK_G] W has
+    sums = tl.zeros([BLOCK_G], dtype=tl.float32)
+    if W & 256:
+        sums += tl.sum(q256.to(tl.float32), 0)
+    if W & 128:
+        sums += tl.sum(q128.to(tl.float32), 0)
+    if W & 64:
+        sums += tl.sum(q64.to(tl.float32), 0)
+    if W & 32:
+        sums += tl.sum(q32.to(tl.float32), 0)
+    if W & 16:
+        sums += tl.sum(q16.to(tl.float32), 0)
+    return sums
 
 
 @triton.jit
@@ -237,8 +255,13 @@ def attend_middle_codes(
     # products run in fp16 for a 16-bit model (fp32 for an fp32 one or when interpreting): the codes convert exactly,
     # the query is divided by its largest kept entry (|q| <= 1) and the scores multiplied back, the value scales enter
     # the running maximum (below), so the value operand lies in [0, 1]; the probabilities' row sums are kept per key
-    # (l_parts, summed once after the last tile). Softmax and accumulation stay fp32.
+    # (l_parts, summed once after the last tile). Softmax and accumulation stay fp32. For a 16-bit model int8 codes
+    # are read as code + INT8_READ_BIAS (codes_to, BIASED): the score products start from minus the bias times the
+    # query's column sums (the products' accumulator, so free), and the value product loses the bias times the
+    # weights' sums after the last tile (kept per key like l_parts: no reduction across warps per tile). The
+    # cancellation errs by ~1e-5 of the output's scale: below a 16-bit model's rounding, above an fp32 one's.
     CODE_DTYPE: tl.constexpr = tl.float32 if UPCAST or p_q.dtype.element_ty == tl.float32 else tl.float16
+    BIASED: tl.constexpr = p_k.dtype.element_ty == tl.uint8 and p_q.dtype.element_ty != tl.float32
     q256, q128, q64, q32, q16 = query_parts(p_q, p_channels, m_g, W, UPCAST)
     q_max = tl.zeros([BLOCK_G], dtype=tl.float32)
     if W & 256:
@@ -264,11 +287,15 @@ def attend_middle_codes(
         q32 = transposed_query_part(q32, inv_max, CODE_DTYPE)
     if W & 16:
         q16 = transposed_query_part(q16, inv_max, CODE_DTYPE)
+    score_start = tl.zeros([BLOCK_N, BLOCK_G], dtype=tl.float32)
+    if BIASED:  # q . (code + bias) = q . code + bias * sum(q), q exactly as the products read it
+        score_start -= INT8_READ_BIAS * query_sums(q256, q128, q64, q32, q16, W, BLOCK_G)[None, :]
     o_n = tl.arange(0, BLOCK_N)
     o_d = tl.arange(0, BLOCK_D)
     m_d = o_d < HEAD_DIM
     m_i = tl.full([BLOCK_G], float("-inf"), dtype=tl.float32)
     l_parts = tl.zeros([BLOCK_N, BLOCK_G], dtype=tl.float32)
+    w_parts = tl.zeros([BLOCK_N, BLOCK_G], dtype=tl.float32)  # the value operand's running sums per key (BIASED)
     acc = tl.zeros([BLOCK_D, BLOCK_G], dtype=tl.float32)
     # Tiles start on a TOKEN_GROUP boundary, so the values load aligned; they are read in whole groups (a 16-byte run
     # per channel; the storage has room, layout.new_value_storage), keys and scales only where valid. The codes of
@@ -284,15 +311,16 @@ def attend_middle_codes(
         valid = (start + o_n < t_stop) & (start + o_n >= t_start)
         if HAS_KEY_MASK:  # mask bytes of this tile's global slots (p_key_mask points at middle index 0)
             valid &= tl.load(p_key_mask + start + o_n, mask=valid, other=0) != 0
-        scores = tl.zeros([BLOCK_N, BLOCK_G], dtype=tl.float32)
-        scores = tile_scores(scores, q256, q128, q64, q32, q16, p_k_tile, o_n, valid, W, True, DOT_PRECISION)
+        scores = tile_scores(
+            score_start, q256, q128, q64, q32, q16, p_k_tile, o_n, valid, W, True, BIASED, DOT_PRECISION
+        )
         v_rows = start + o_n < t_groups
         n_in = tile_offset + o_n
         v_cols = (n_in // TOKEN_TILE) * stride_tile + n_in % TOKEN_TILE
         v_cols = tl.max_contiguous(tl.multiple_of(v_cols, TOKEN_GROUP), TOKEN_GROUP)  # whole aligned 16-token groups
         p_vt = p_v_tile + o_d[:, None] * TOKEN_TILE + v_cols[None, :]
         vt = tl.load(p_vt, mask=m_d[:, None] & v_rows[None, :], other=0.0)
-        vt = codes_to(vt, CODE_DTYPE)
+        vt = codes_to(vt, CODE_DTYPE, BIASED)
         key_scale = tl.load(p_key_scale + start + o_n, mask=valid, other=0.0)
         value_scale = tl.load(p_value_scale + start + o_n, mask=valid, other=1.0)
         # q . (s k) = s (q . k): logits (log2 domain) = scores * key scale * row_scale. The value scale joins them as
@@ -307,12 +335,16 @@ def attend_middle_codes(
         alpha = tl.exp2(m_i - m_safe)
         l_parts = l_parts * alpha[None, :] + tl.exp2(logits - m_safe[None, :])
         weights = tl.exp2(weighted - m_safe[None, :]).to(CODE_DTYPE)
+        if BIASED:
+            w_parts = w_parts * alpha[None, :] + weights.to(tl.float32)
         acc = acc * alpha[None, :] + tl.dot(vt, weights, input_precision=DOT_PRECISION)
         m_i = m_new
         p_k_tile += BLOCK_N * W
         tile_offset += BLOCK_N
         p_v_tile += (tile_offset // TOKEN_TILE).to(tl.int64) * stride_tile
         tile_offset %= TOKEN_TILE
+    if BIASED:  # v^T (code + bias) @ w = v^T code @ w + bias * sum(w) in every channel
+        acc -= INT8_READ_BIAS * tl.sum(w_parts, 0)[None, :]
     return m_i, tl.sum(l_parts, 0), tl.trans(acc)
 
 
