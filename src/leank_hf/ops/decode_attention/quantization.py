@@ -3,8 +3,8 @@
 Keys are scaled over the head's kept channels, values over `head_dim`. For a vector `x` (fp32):
 `scale = amax(|x|) / qmax` and `code = x / scale` (1 when `scale == 0`), rounded half to even and clamped to
 `[-qmax, qmax]` for int8, clamped and cast (round to nearest even) for FP8 e4m3. The stored vector is `code * scale`.
-int8 codes are stored offset by 128 in `uint8` (offset binary, `code + 128`): the GPU kernels then turn four codes
-into fp16 with two byte permutes and two paired subtractions, without first flipping their sign bits.
+int8 codes are stored offset by 128 in `uint8` (offset binary, `code + 128`): for a 16-bit model the GPU kernels then
+read four codes as fp16 `code + 1152` with two byte permutes and take the constant out of the products' sums.
 
 A scale per token factors out of both products attention takes: `q . (s k) = s (q . k)` and `sum_t p_t s_t v_t =
 (p * s) @ v`. Readers therefore multiply a tile's scores by the key scales and its probabilities by the value scales,
