@@ -104,11 +104,13 @@ def _window(context: int, sink: int, recent: int, flush: int) -> tuple[int, int]
     return boundary, context - boundary
 
 
-def _random_middle(shape: tuple[int, ...], dtype: torch.dtype, quant: str | None, row: int) -> torch.Tensor:
+def _random_middle(
+    shape: tuple[int, ...], dtype: torch.dtype, quant: str | None, row: int, device: str = "cuda"
+) -> torch.Tensor:
     """Normal values on the GPU in `dtype`, or the 8-bit codes of `quant` of normal vectors of `row` elements, each
     quantized at its own scale as the cache quantizes a token's head (codes spread over the format's range: the
     kernel's speed depends on the bytes it reads: unit-scale int8 codes, nearly all in [-4, 4], ran ~3% faster)."""
-    values = torch.randn(shape, device="cuda")
+    values = torch.randn(shape, device=device)
     if quant is None:
         return values.to(dtype)
     return quantize_rows(values.unflatten(-1, (-1, row)), FORMATS[quant])[0].flatten(-2)
