@@ -107,7 +107,7 @@ def _window(context: int, sink: int, recent: int, flush: int) -> tuple[int, int]
 def _random_middle(
     shape: tuple[int, ...], dtype: torch.dtype, quant: str | None, row: int, device: str = "cuda"
 ) -> torch.Tensor:
-    """Normal values on the GPU in `dtype`, or the 8-bit codes of `quant` of normal vectors of `row` elements, each
+    """Normal values on `device` in `dtype`, or the 8-bit codes of `quant` of normal vectors of `row` elements, each
     quantized at its own scale as the cache quantizes a token's head (codes spread over the format's range: the
     kernel's speed depends on the bytes it reads: unit-scale int8 codes, nearly all in [-4, 4], ran ~3% faster)."""
     values = torch.randn(shape, device=device)
