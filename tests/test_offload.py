@@ -13,6 +13,7 @@ from accelerate import cpu_offload
 from transformers import AutoModelForCausalLM, DynamicCache
 
 from leank_hf import LeanKCache, LeanKStaticCache, apply_leank
+from teacher_forcing import forced_logits
 from tiny_models import ones_masks, random_masks, tiny_model
 
 NEW_TOKENS = 12
@@ -114,27 +115,6 @@ def test_offloaded_model_generates_as_without_offload(saved: Path, load, device:
     torch.testing.assert_close(actual[1], expected[1], rtol=0, atol=0 if device == "cpu" else ATOL[torch.float32])
 
 
-def _reference_logits(model: torch.nn.Module, sequences: torch.Tensor) -> torch.Tensor:
-    """The unmodified model's next-token logits along `sequences` with a `DynamicCache`: the prompt, then one given
-    token per step (teacher forcing, so a near tie decided otherwise in a low-precision dtype cannot derail it)."""
-    prompt_mask = _inputs(str(sequences.device))["attention_mask"]
-    mask = torch.cat([prompt_mask, prompt_mask.new_ones(len(sequences), NEW_TOKENS)], 1)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    cache = DynamicCache(config=model.config)
-    logits, start = [], 0
-    for stop in range(PROMPT, PROMPT + NEW_TOKENS):
-        step = slice(start, stop)
-        out = model(
-            input_ids=sequences[:, step],
-            attention_mask=mask[:, :stop],
-            position_ids=positions[:, step],
-            past_key_values=cache,
-        )
-        logits.append(out.logits[:, -1].float())
-        start = stop
-    return torch.stack(logits, 1)
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("load, device", OFFLOADS.values())
 def test_offloaded_keep_all_mask_equals_the_unmodified_model(saved: Path, load, device: str, dtype) -> None:
@@ -146,7 +126,8 @@ def test_offloaded_keep_all_mask_equals_the_unmodified_model(saved: Path, load, 
     sequences, logits = _generate(offloaded, LeanKCache(ones_masks(offloaded.config), offloaded.config), device)
     reference = AutoModelForCausalLM.from_pretrained(saved / "model", dtype=dtype).to(device)
     assert reference.config._attn_implementation == "sdpa"
-    expected = _reference_logits(reference, sequences)
+    prompt_mask = _inputs(device)["attention_mask"]  # teacher-forced: a near tie cannot derail the reference
+    expected = forced_logits(reference, DynamicCache(config=reference.config), sequences, prompt_mask)
     torch.testing.assert_close(logits, expected, rtol=0, atol=ATOL[dtype])
     top2 = expected.topk(2, dim=-1).values
     decided = top2[..., 0] - top2[..., 1] > 2 * ATOL[dtype]
