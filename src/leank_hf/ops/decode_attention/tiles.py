@@ -15,7 +15,7 @@ TOKEN_GROUP = tl.constexpr(CODE_GROUP)  # 8-bit values are read in whole groups 
 TOKEN_TILE = tl.constexpr(VALUE_TILE)  # and stored in tiles of this many, each a contiguous [HEAD_DIM, TOKEN_TILE]
 INT8_CODE_OFFSET = tl.constexpr(float(INT8_OFFSET))  # int8 codes are stored as uint8 code + 128
 INT8_READ_BIAS = tl.constexpr(1152.0)  # and read as code + 1152 (fp16 0x6400 + stored byte; int8_to_biased_half)
-LOG2_MIN_SCALE = tl.constexpr(-100.0)  # value scales below 2^-100 (zero: all-zero values) weigh as 2^-100
+MIN_SCALE = tl.constexpr(2.0**-100)  # value scales below it (zero: all-zero values) weigh as it
 
 
 @triton.jit
@@ -323,18 +323,18 @@ def attend_middle_codes(
         vt = codes_to(vt, CODE_DTYPE, BIASED)
         key_scale = tl.load(p_key_scale + start + o_n, mask=valid, other=0.0)
         value_scale = tl.load(p_value_scale + start + o_n, mask=valid, other=1.0)
-        # q . (s k) = s (q . k): logits (log2 domain) = scores * key scale * row_scale. The value scale joins them as
-        # a log2 (a zero scale, all-zero values, as LOG2_MIN_SCALE), and the running maximum m is that of the sums: the
-        # value operand exp2(logits + log2(value scale) - m) lies in [0, 1] whatever the scales' magnitude, and the
-        # probabilities' sum exp2(logits - m) shares its m (each term at most 2^-LOG2_MIN_SCALE).
+        # q . (s k) = s (q . k): logits (log2 domain) = scores * key scale * row_scale. The running maximum m is that
+        # of logits + log2(value scale) (a zero scale, all-zero values, counts as MIN_SCALE), so the value operand
+        # p * (value scale) = exp2(logits + log2(value scale) - m) lies in [0, 1] whatever the scales' magnitude, and
+        # the probabilities p = exp2(logits - m) share that m (each at most 1 / MIN_SCALE).
         logits = tl.where(valid[:, None], scores * key_scale[:, None] * row_scale[None, :], float("-inf"))
-        log2_value_scale = tl.maximum(tl.log2(value_scale), LOG2_MIN_SCALE)
-        weighted = logits + log2_value_scale[:, None]
-        m_new = tl.maximum(m_i, tl.max(weighted, 0))
+        value_scale = tl.maximum(value_scale, MIN_SCALE)
+        m_new = tl.maximum(m_i, tl.max(logits + tl.log2(value_scale)[:, None], 0))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
         alpha = tl.exp2(m_i - m_safe)
-        l_parts = l_parts * alpha[None, :] + tl.exp2(logits - m_safe[None, :])
-        weights = tl.exp2(weighted - m_safe[None, :]).to(CODE_DTYPE)
+        p = tl.exp2(logits - m_safe[None, :])
+        l_parts = l_parts * alpha[None, :] + p
+        weights = (p * value_scale[:, None]).to(CODE_DTYPE)
         if BIASED:
             w_parts = w_parts * alpha[None, :] + weights.to(tl.float32)
         acc = acc * alpha[None, :] + tl.dot(vt, weights, input_precision=DOT_PRECISION)
