@@ -99,8 +99,8 @@ class TileSettings:
 
     `block_n` keys per middle tile, `full_block_n` slots per full-region tile (launchers use at most `block_n`; the
     full region loads every channel, so long tiles there cost registers), `num_stages` load stages, `max_registers`
-    per thread (`None`: the compiler's choice). The register cap sets how many programs share an SM: uncapped, the
-    widest loops take 212-255 registers and two 4-warp programs fit. `guided`, `programs_per_sm` and `min_chunk_keys`
+    per thread (`None`: the compiler's choice). The register cap sets how many programs share an SM (three 4-warp
+    programs at 168 registers or fewer, two above) and, below what the loops need, makes ptxas spill. `guided`, `programs_per_sm` and `min_chunk_keys`
     choose the dynamic kernel's middle chunks (`middle_chunks`; the static kernel's are of equal length).
     """
 
@@ -116,12 +116,13 @@ class TileSettings:
 @functools.cache
 def tile_settings(quantized: bool) -> TileSettings:
     """Default settings, from `benchmarks/tune_kernel.py` on an H200 (32K tokens, batch 8 and 1), by the middle's
-    storage (8-bit codes or the model's dtype). 8-bit: 168 registers, the most that lets three 4-warp programs share
-    an SM (uncapped, the widest loops take 212-255 and two fit), and 3 stages keep more bytes in flight; more programs
-    per SM (2 stages with 128 or 96 registers, or 8 warps) and 64-key tiles ran slower. Guided chunks of at least 1024
-    keys: against equal chunks of at least 512, 4% faster at batch 8 (8-bit) and 4-14% at batch 1."""
+    storage (8-bit codes or the model's dtype). 8-bit: no register cap (the int8 kernel takes 168 registers up to a
+    kept width of 96, the most that lets three 4-warp programs share an SM; a cap of 168 spilled and ran 1.7-2.0%
+    slower over the Llama mask's 32 layers, 200 slower still), and 3 stages keep more bytes in flight; more programs
+    per SM (2 stages with 128 or 96 registers, or 8 warps), 4 stages and 64-key tiles ran slower. Guided chunks of at
+    least 1024 keys: against equal chunks of at least 512, 4% faster at batch 8 (8-bit) and 4-14% at batch 1."""
     if quantized:
-        return TileSettings(128, 64, 3, 168, guided=1.15, programs_per_sm=3, min_chunk_keys=1024)
+        return TileSettings(128, 64, 3, None, guided=1.15, programs_per_sm=3, min_chunk_keys=1024)
     return TileSettings(64, 64, 3, None, guided=1.5, programs_per_sm=2, min_chunk_keys=1024)
 
 
