@@ -100,8 +100,9 @@ class TileSettings:
     `block_n` keys per middle tile, `full_block_n` slots per full-region tile (launchers use at most `block_n`; the
     full region loads every channel, so long tiles there cost registers), `num_stages` load stages, `max_registers`
     per thread (`None`: the compiler's choice). The register cap sets how many programs share an SM (three 4-warp
-    programs at 168 registers or fewer, two above) and, below what the loops need, makes ptxas spill. `guided`, `programs_per_sm` and `min_chunk_keys`
-    choose the dynamic kernel's middle chunks (`middle_chunks`; the static kernel's are of equal length).
+    programs at 168 registers or fewer, two above) and, below what the loops need, makes ptxas spill. `guided`,
+    `programs_per_sm` and `min_chunk_keys` choose the dynamic kernel's middle chunks (`middle_chunks`; the static
+    kernel's are of equal length).
     """
 
     block_n: int
