@@ -72,8 +72,8 @@ class MiddleRegion:
         # Element of compact channel k at middle index t: key_base[k] + t * key_step[k] (see layout.py).
         self.key_base, self.key_step = host_layout.middle_key_index(capacity, device)
         self.value_heads = layout.storage_order[:num_value_heads]
-        # 8-bit codes: channel d of middle index t at t // VALUE_TILE * tile + value_step[d] + t % VALUE_TILE of a head.
-        self.value_step = torch.arange(layout.head_dim, device=device) * VALUE_TILE
+        # 8-bit codes: channel d of middle index t at [t // VALUE_TILE, d, t % VALUE_TILE] of a head's tiles.
+        self.value_channels = torch.arange(layout.head_dim, device=device)[None, :]
 
     @property
     def batch(self) -> int:
@@ -89,7 +89,7 @@ class MiddleRegion:
                 compact, scales = quantize_segments(compact, runs, quant)
                 self.key_scales.index_copy_(2, index, scales.transpose(1, 2))
             flat = self.key_base + index[:, None] * self.key_step  # [n, C]
-            _bytes(self.keys).index_copy_(1, flat.flatten(), _bytes(compact.flatten(1)))
+            self.keys[:, flat.flatten()] = compact.flatten(1)
         if layout.num_value_heads:
             kept = values.index_select(1, self.value_heads)
             if quant is not None:
@@ -97,11 +97,9 @@ class MiddleRegion:
                 self.value_scales.index_copy_(2, index, scales)
             if quant is None:
                 self.values.index_copy_(2, index, kept)
-            else:  # tiles [B, NV, tiles, D, VALUE_TILE], written through their flat bytes
-                tile = self.values.shape[3] * VALUE_TILE
-                flat = (index // VALUE_TILE * tile + index % VALUE_TILE)[:, None] + self.value_step  # [n, D]
-                tiles = _bytes(self.values).view(self.batch, self.values.shape[1], -1)
-                tiles.index_copy_(2, flat.flatten(), _bytes(kept).flatten(2))
+            else:  # tiles [B, NV, tiles, D, VALUE_TILE]
+                tiles, columns = (index // VALUE_TILE)[:, None], (index % VALUE_TILE)[:, None]
+                self.values[:, :, tiles, self.value_channels, columns] = kept
 
     def write_range(self, keys: torch.Tensor, values: torch.Tensor, start: int) -> None:
         """Store `[B, H, T, D]` tokens at middle indices `start .. start + T - 1` (in chunks of `_WRITE_CHUNK`)."""
@@ -165,7 +163,7 @@ class MiddleRegion:
     def tensors(self) -> tuple[torch.Tensor, ...]:
         """Every tensor a write or a read of the region touches."""
         scales = () if self.quant is None else (self.key_scales, self.value_scales)
-        return self.keys, self.values, *scales, self.key_base, self.key_step, self.value_heads, self.value_step
+        return self.keys, self.values, *scales, self.key_base, self.key_step, self.value_heads, self.value_channels
 
     @property
     def nbytes(self) -> tuple[int, int]:
@@ -180,8 +178,3 @@ class MiddleRegion:
         scale = 0 if self.quant is None else self.batch * layout.num_value_heads * tokens * 4
         keys = self.batch * tokens * layout.total_width * item
         return keys + scale, self.batch * layout.num_value_heads * tokens * layout.head_dim * item + scale
-
-
-def _bytes(tensor: torch.Tensor) -> torch.Tensor:
-    """An 8-bit tensor as raw bytes (CPU `index_copy_` lacks FP8); other tensors as they are."""
-    return tensor.view(torch.uint8) if tensor.element_size() == 1 else tensor
