@@ -70,10 +70,18 @@ def long_loops(middle_quant: str, max_cache_len: int) -> list[int]:
     quant = None if middle_quant == "none" else middle_quant
     cache = LeanKStaticCache(masks, model.config, max_cache_len=max_cache_len, middle_quant=quant)
     prompt = torch.randint(1, 97, (1, 40), generator=torch.Generator().manual_seed(0))
-    token = model(prompt, past_key_values=cache).logits[:, -1:].argmax(-1)
-    torch._dynamo.reset()
-    forward = torch.compile(model.forward, fullgraph=True)
-    _, code = run_and_get_code(forward, input_ids=token, past_key_values=cache, position_ids=torch.tensor([[40]]))
+    attention = leank_hf.attention.leank_static_decode_attention
+    leank_hf.attention.leank_static_decode_attention = _opaque_attention
+    try:
+        with torch.no_grad():
+            token = model(prompt, past_key_values=cache).logits[:, -1:].argmax(-1)
+            torch._dynamo.reset()
+            forward = torch.compile(model.forward, fullgraph=True)
+            position = torch.tensor([[40]])
+            _, code = run_and_get_code(forward, input_ids=token, past_key_values=cache, position_ids=position)
+    finally:
+        leank_hf.attention.leank_static_decode_attention = attention
+        torch._dynamo.reset()
     bounds = (int(bound) for bound in _LOOP_BOUND.findall("\n".join(code)))
     return sorted(bound for bound in bounds if bound >= max_cache_len)
 
@@ -84,8 +92,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-cache-len", type=int, default=16384)
     parser.add_argument("--output", type=Path, help="also save the results as JSON")
     args = parser.parse_args(argv)
-    torch.set_grad_enabled(False)
-    leank_hf.attention.leank_static_decode_attention = _opaque_attention
     results = {quant: long_loops(quant, args.max_cache_len) for quant in args.middle_quant}
     print(f"torch {torch.__version__}, max_cache_len {args.max_cache_len}")
     print("| middle | whole-buffer loops | their bounds |\n|---|---|---|")
